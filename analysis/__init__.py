@@ -1,0 +1,1 @@
+"""analysis: figures and tables made only from files under results/."""

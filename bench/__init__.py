@@ -1,0 +1,1 @@
+"""bench: measuring decoders (prompts, methods, runs, records, summaries, latency profiles)."""

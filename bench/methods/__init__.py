@@ -1,0 +1,1 @@
+"""bench.methods: one thin file per decoding method behind one Protocol."""

@@ -1,0 +1,1 @@
+"""medusa: the model side of the workbench (backbone, heads, tree attention, decoding, training)."""

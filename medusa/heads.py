@@ -1,0 +1,199 @@
+"""Medusa heads: K small residual heads on the backbone's last hidden state.
+
+At position t, head k (1-based) predicts token t+k+1, i.e. k places past the base model's own next
+token: ``p_k = softmax(W2_k (h + SiLU(W1_k h)))`` with W1 zero-initialised (bias too), so an
+untrained head starts as the base LM head. Each head has `num_layers` *distinct* residual blocks
+(the official repo's ``[ResBlock] * n`` repeats one module by mistake).
+
+The LM projection W2 is either
+- ``own``: a trainable copy of the base LM head per head (the paper; 28M params each for SmolLM2), or
+- ``shared``: the backbone's frozen LM head itself (files hold only the blocks: ~1.3 MB per head).
+
+Saved as ``heads.safetensors`` + ``config.json``; the config records the backbone's identity and
+loading onto a different backbone is refused.
+
+Usage::
+
+    heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=4))
+    heads.save("results/heads/mine"); heads = load_heads("results/heads/mine", bb)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from medusa.backbone import Backbone, BackboneIdentity
+from medusa.errors import WorkbenchError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The heads every command loads by default (trained by `make heads`, committed under results/).
+DEFAULT_HEADS_DIR = REPO_ROOT / "results" / "heads" / "smollm2-135m-medusa1"
+LM_PROJECTIONS = ("shared", "own")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Shape of a set of heads. `hidden_size`/`vocab_size`/`backbone` are filled from the backbone."""
+
+    num_heads: int = 4
+    num_layers: int = 1
+    lm_projection: str = "shared"
+    hidden_size: int = 0
+    vocab_size: int = 0
+    backbone: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.num_heads < 1:
+            raise WorkbenchError(f"num_heads must be >= 1, got {self.num_heads}")
+        if self.num_layers < 0:
+            raise WorkbenchError(f"num_layers must be >= 0, got {self.num_layers}")
+        if self.lm_projection not in LM_PROJECTIONS:
+            raise WorkbenchError(f"lm_projection must be one of {LM_PROJECTIONS}, got {self.lm_projection!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ResBlock(nn.Module):
+    """x + SiLU(W1 x + b1), W1 and b1 zero-initialised so the block starts as the identity."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, hidden_size)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """K heads. `forward(h)` -> logits (K, ..., V); `propose(h, ids, top_k)` -> tokens (K, top_k)."""
+
+    def __init__(self, config: HeadsConfig, base_lm_head: nn.Linear) -> None:
+        super().__init__()
+        if base_lm_head.weight.shape != (config.vocab_size, config.hidden_size):
+            raise WorkbenchError(
+                f"LM head shape {tuple(base_lm_head.weight.shape)} does not match heads config "
+                f"(vocab {config.vocab_size}, hidden {config.hidden_size})"
+            )
+        self.config = config
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*[ResBlock(config.hidden_size) for _ in range(config.num_layers)])
+            for _ in range(config.num_heads)
+        )
+        if config.lm_projection == "own":
+            self.lm_heads = nn.ModuleList()
+            for _ in range(config.num_heads):
+                proj = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+                proj.weight.data.copy_(base_lm_head.weight.data)
+                self.lm_heads.append(proj)
+        else:
+            self.lm_heads = None
+        # Held in a tuple so the frozen base head is neither saved nor trained with the heads.
+        self._base_lm_head = (base_lm_head,)
+        ref = base_lm_head.weight
+        self.to(device=ref.device, dtype=ref.dtype)
+
+    @classmethod
+    def for_backbone(cls, backbone: Backbone, config: HeadsConfig | None = None) -> MedusaHeads:
+        """Fresh (untrained) heads shaped for `backbone`."""
+        config = replace(
+            config or HeadsConfig(),
+            hidden_size=backbone.hidden_size,
+            vocab_size=backbone.vocab_size,
+            backbone=backbone.identity.to_dict(),
+        )
+        return cls(config, backbone.model.get_output_embeddings())
+
+    @property
+    def num_heads(self) -> int:
+        return self.config.num_heads
+
+    def projection(self, k: int) -> nn.Linear:
+        """The LM projection of head k (0-based module index)."""
+        return self.lm_heads[k] if self.lm_heads is not None else self._base_lm_head[0]
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Residual-block outputs per head: (..., H) -> (K, ..., H)."""
+        return torch.stack([block(hidden) for block in self.blocks])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits per head: (..., H) -> (K, ..., V)."""
+        feats = self.features(hidden)
+        if self.lm_heads is None:
+            return self._base_lm_head[0](feats)
+        return torch.stack([self.lm_heads[k](feats[k]) for k in range(self.num_heads)])
+
+    @torch.no_grad()
+    def propose(self, hidden: torch.Tensor, token_ids: Sequence[int], top_k: int) -> torch.Tensor:
+        """Top-`top_k` token ids of each head from one hidden state (H,) -> (K, top_k)."""
+        del token_ids  # heads look only at the hidden state
+        return torch.topk(self(hidden), top_k, dim=-1).indices
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+        """Write heads.safetensors + config.json into `directory` (each file replaced atomically)."""
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=directory, delete=True)
+            probe.close()
+        except OSError as e:
+            raise WorkbenchError(f"cannot write heads to {directory}: {e.strerror}") from None
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp_w = directory / ".heads.safetensors.tmp"
+        save_file(state, str(tmp_w), metadata={"format": "pt"})
+        tmp_c = directory / ".config.json.tmp"
+        tmp_c.write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=1) + "\n")
+        os.replace(tmp_w, directory / "heads.safetensors")
+        os.replace(tmp_c, directory / "config.json")
+        return directory
+
+
+def read_heads_config(directory: str | os.PathLike) -> HeadsConfig:
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise WorkbenchError(f"no heads config at {cfg_path} (train heads with `python -m medusa.train`)")
+    try:
+        raw = json.loads(cfg_path.read_text())
+        known = {f for f in HeadsConfig.__dataclass_fields__}
+        return HeadsConfig(**{k: v for k, v in raw.items() if k in known})
+    except (json.JSONDecodeError, TypeError) as e:
+        raise WorkbenchError(f"heads config {cfg_path} is malformed: {e}") from None
+
+
+def load_heads(directory: str | os.PathLike, backbone: Backbone) -> MedusaHeads:
+    """Load heads saved by `MedusaHeads.save`, refusing a backbone other than the one they fit."""
+    directory = Path(directory)
+    config = read_heads_config(directory)
+    mine = backbone.identity
+    theirs = BackboneIdentity(**config.backbone) if config.backbone else None
+    if theirs is None or not theirs.matches(mine) or config.hidden_size != mine.hidden_size:
+        described = theirs.describe() if theirs else f"hidden {config.hidden_size}, vocab {config.vocab_size}"
+        raise WorkbenchError(f"heads in {directory} were trained for {described}, not for backbone {mine.describe()}")
+    weights = directory / "heads.safetensors"
+    if not weights.is_file():
+        raise WorkbenchError(f"no heads weights at {weights}")
+    heads = MedusaHeads(config, backbone.model.get_output_embeddings())
+    try:
+        state = load_file(str(weights), device=str(backbone.device))
+        heads.load_state_dict(state)
+    except (RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise WorkbenchError(f"heads weights {weights} do not match their config: {first}") from None
+    heads.to(dtype=backbone.dtype)
+    heads.eval()
+    return heads

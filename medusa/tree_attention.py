@@ -1,0 +1,119 @@
+"""Pure functions from a `trees.Tree` to the tensors one verification step needs.
+
+Built once per tree (never cached on the model). Node 0 is the root (the base model's pending
+next token); node i reads the token of rank ``rank0[i]`` from head ``head[i]`` (1-based, equal to
+its depth). Each node attends to itself and its ancestors only.
+
+Usage::
+
+    buf = tree_buffers(preset("mc_sim_7b_63"))
+    buf.ancestor_mask  # (N, N) bool
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trees.tree import Tree
+
+
+@dataclass(frozen=True)
+class TreeBuffers:
+    """Tensors for verifying `tree` (N = node budget, L = leaves, D = depth)."""
+
+    tree: Tree
+    ancestor_mask: torch.Tensor  # (N, N) bool: [i, j] True when j is i or an ancestor of i
+    depth: torch.Tensor  # (N,) long: position offset of each node from the root
+    head: torch.Tensor  # (N,) long: 1-based head each node reads from (0 for the root)
+    rank0: torch.Tensor  # (N,) long: 0-based rank in that head's top-k (0 for the root)
+    parent: torch.Tensor  # (N,) long: parent node, -1 for the root
+    retrieve_indices: torch.Tensor  # (L, D + 1) long: node indices root..leaf per leaf, -1 padded
+    internal: torch.Tensor  # (M,) long: nodes with children (whose logits acceptance needs)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.depth.shape[0])
+
+    def to(self, device: torch.device | str) -> TreeBuffers:
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("ancestor_mask", "depth", "head", "rank0", "parent", "retrieve_indices", "internal")
+        }
+        return TreeBuffers(tree=self.tree, **moved)
+
+
+def tree_buffers(tree: Tree, device: torch.device | str = "cpu") -> TreeBuffers:
+    """Ancestor mask, depths, (head, rank) per node, retrieve indices and internal nodes of `tree`."""
+    parents = tree.parents()
+    n = tree.node_budget
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parents[j]
+    depth = torch.tensor([0] + [len(p) for p in tree.paths], dtype=torch.long)
+    head = depth.clone()
+    rank0 = torch.tensor([0] + [p[-1] for p in tree.paths], dtype=torch.long)
+    leaves = tree.leaves()
+    retrieve = torch.full((len(leaves), tree.depth + 1), -1, dtype=torch.long)
+    for row, leaf in enumerate(leaves):
+        chain_ = []
+        j = leaf
+        while j >= 0:
+            chain_.append(j)
+            j = parents[j]
+        retrieve[row, : len(chain_)] = torch.tensor(chain_[::-1])
+    internal = torch.tensor(sorted(set(parents[1:])), dtype=torch.long)
+    return TreeBuffers(
+        tree=tree,
+        ancestor_mask=mask,
+        depth=depth,
+        head=head,
+        rank0=rank0,
+        parent=torch.tensor(parents, dtype=torch.long),
+        retrieve_indices=retrieve,
+        internal=internal,
+    ).to(device)
+
+
+def tree_candidates(buffers: TreeBuffers, root_token: int | torch.Tensor, head_topk: torch.Tensor) -> torch.Tensor:
+    """Token per node: the root token, then head_topk[head-1, rank0] per node. -> (N,) long.
+
+    `head_topk` is (K, top_k) token ids from the heads (K >= tree depth, top_k >= tree top_k).
+    """
+    k, top_k = head_topk.shape
+    flat = torch.cat([head_topk.new_zeros(1), head_topk.reshape(-1)])
+    # Root reads slot 0 (overwritten below); node i reads (head-1)*top_k + rank0, shifted by 1.
+    index = torch.where(buffers.head > 0, (buffers.head - 1) * top_k + buffers.rank0 + 1, 0)
+    tokens = flat[index]
+    tokens[0] = root_token
+    return tokens
+
+
+def verify_attention_mask(
+    buffers: TreeBuffers, past_len: int, dtype: torch.dtype, width: int | None = None
+) -> torch.Tensor:
+    """Additive 4D mask (1, 1, N, width): the whole cached prefix, then ancestors only.
+
+    `width` defaults to past_len + N; a larger width (a fixed-shape static cache) masks the tail.
+    """
+    n = buffers.num_nodes
+    width = past_len + n if width is None else width
+    device = buffers.depth.device
+    allowed = torch.zeros(n, width, dtype=torch.bool, device=device)
+    allowed[:, :past_len] = True
+    allowed[:, past_len : past_len + n] = buffers.ancestor_mask
+    mask = torch.zeros(n, width, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def causal_mask(n: int, width: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """Additive 4D causal mask (1, 1, n, width) for a prefill starting at position 0."""
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    mask = torch.full((n, width), torch.finfo(dtype).min, dtype=dtype, device=device)
+    mask[:, :n].masked_fill_(allowed, 0.0)
+    return mask[None, None]
