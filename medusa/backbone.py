@@ -234,7 +234,10 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen causal LM (eval mode, no grad) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # Weight-loading progress bars would bury the one-line messages our CLIs print.
+    hf_logging.disable_progress_bar()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise WorkbenchError(f"device {device!r} requested but CUDA is not available here")
     name, folder = resolve(name_or_path)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -154,8 +154,13 @@ def generate(
     tree: Tree | TreeBuffers,
     prompt_ids: Sequence[int],
     config: DecodeConfig | None = None,
+    on_step: Callable[[KVCache, list[int]], None] | None = None,
 ) -> GenerationResult:
-    """Decode one prompt with Medusa tree verification (or plain decoding for the root-only tree)."""
+    """Decode one prompt with Medusa tree verification (or plain decoding for the root-only tree).
+
+    `on_step(cache, committed_ids)` (optional, for tests and tracing) is called after each step
+    with the KV cache and the token ids it holds (prompt + output, without the pending root).
+    """
     config = config or DecodeConfig()
     device = backbone.device
     buffers = tree if isinstance(tree, TreeBuffers) else tree_buffers(tree, device)
@@ -234,6 +239,8 @@ def generate(
         hidden = node_hidden[last]
         t3 = time.perf_counter()
         steps.append(StepStats(len(new), t1 - t0, t2 - t1, t3 - t2))
+        if on_step is not None:
+            on_step(cache, tokens_so_far[:-1])
 
     output = output[: config.max_new_tokens]
     stop_reason = "length"
