@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,13 @@ class Backbone:
     model: Any
     tokenizer: Any
     name: str
+    _compiled: Any = field(default=None, repr=False, compare=False)
+
+    def compiled_decoder(self) -> Any:
+        """The transformer body under `torch.compile` (built on first use, kept on this wrapper)."""
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model.base_model, dynamic=False)
+        return self._compiled
 
     @property
     def config(self) -> Any:

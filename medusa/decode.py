@@ -67,6 +67,10 @@ class DecodeConfig:
     stop_on_eos: bool = True
     # "dynamic": transformers DynamicCache compacted in place; "static": preallocated buffers.
     cache: str = "static"
+    # torch.compile the verify forward. Shapes are then fixed per tree: the static cache spans a
+    # whole `compile_bucket` multiple and every step attends over it (the mask hides the tail).
+    compile: bool = False
+    compile_bucket: int = 512
     # Synchronise the device at phase boundaries so heads/verify/bookkeeping times are exact;
     # off, the only sync per step is the acceptance decision.
     time_phases: bool = True
@@ -75,6 +79,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise WorkbenchError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.compile and self.cache != "static":
+            raise WorkbenchError("compile=True needs the static cache")
         if self.cache not in ("dynamic", "static"):
             raise WorkbenchError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
 
@@ -178,7 +184,11 @@ def generate(
     dtype = backbone.dtype
     n_nodes, top_k = buffers.num_nodes, max(tree.top_k, 1)
     capacity = len(prompt_ids) + config.max_new_tokens + n_nodes
-    cache: KVCache = make_cache(config.cache, backbone.model, capacity)
+    verify_fn = decoder
+    if config.compile:
+        capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
+        verify_fn = backbone.compiled_decoder()
+    cache: KVCache = make_cache(config.cache, backbone.model, capacity, full_width=config.compile)
 
     t_start = time.perf_counter()
     # ---- prefill: (1, P) -> cache, hidden (H,), root token ------------------------------
@@ -212,7 +222,7 @@ def generate(
         t1 = time.perf_counter()
         # ---- verify: ONE forward of all N nodes with the ancestor mask ------------------
         past = cache.length
-        out = decoder(
+        out = verify_fn(
             input_ids=candidates[None],
             position_ids=(past + buffers.depth)[None],
             attention_mask=verify_attention_mask(buffers, past, dtype, cache.mask_width(n_nodes)),

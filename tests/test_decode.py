@@ -118,3 +118,16 @@ def test_bad_requests(tiny):
         generate(tiny, RandomProposer(4, 96), chain(2), list(range(90)) * 6, DecodeConfig(max_new_tokens=4))
     with pytest.raises(WorkbenchError, match="no heads"):
         generate(tiny, None, chain(2), PROMPT, DecodeConfig(max_new_tokens=4))
+
+
+def test_compiled_and_static_paths_match_eager_dynamic():
+    bb = tiny_backbone(2)
+    ref = greedy_reference(bb, PROMPT, 24)
+    outs = {}
+    for name, cfg in {
+        "dynamic": DecodeConfig(max_new_tokens=24, stop_on_eos=False, cache="dynamic"),
+        "static": DecodeConfig(max_new_tokens=24, stop_on_eos=False, cache="static"),
+        "compiled": DecodeConfig(max_new_tokens=24, stop_on_eos=False, compile=True, compile_bucket=64),
+    }.items():
+        outs[name] = generate(bb, OracleProposer(PROMPT + ref, 4, 96), chain(3), PROMPT, cfg).output_ids
+    assert outs["dynamic"] == outs["static"] == outs["compiled"] == ref

@@ -1,0 +1,68 @@
+"""Helpers the notebooks share: where the results are, and showing a figure or table or why not.
+
+The notebooks read ``$MEDUSA_RESULTS`` when set (the tests point it at a synthetic folder), else
+the repository's ``results/``. Figures are written to a scratch folder (never into results/) and
+shown inline; a figure or table whose inputs are missing shows the one line naming the command to
+run first instead of failing, so every notebook runs top to bottom on any results folder.
+
+    from analysis.notebook import results_dir, show_figure, show_table
+    RESULTS = results_dir()
+    show_figure("head-accuracy", RESULTS)
+
+Commit notebooks with outputs stripped: ``jupyter nbconvert --clear-output --inplace notebooks/*.ipynb``
+(`tests/test_notebooks.py` checks it and executes each one headless).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from analysis import figures, load, tables
+from medusa.errors import WorkbenchError
+
+_SCRATCH: Path | None = None
+
+
+def results_dir() -> Path:
+    """``$MEDUSA_RESULTS`` or the repository's results/ folder."""
+    env = os.environ.get("MEDUSA_RESULTS")
+    return Path(env) if env else load.DEFAULT_RESULTS
+
+
+def scratch_dir() -> Path:
+    """A temporary folder for the notebook's images (one per kernel)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="medusa-figures-"))
+    return _SCRATCH
+
+
+def show_figure(name: str, results: str | Path | None = None, **options: Any) -> list[Path]:
+    """Make figure `name` (see `analysis.figures.FIGURES`) and display its PNGs inline."""
+    from IPython.display import Image, display
+
+    try:
+        paths = figures.make(name, results or results_dir(), scratch_dir(), **options)
+    except WorkbenchError as e:
+        print(f"skipped {name}: {e}")
+        return []
+    for p in paths:
+        if p.suffix == ".png":
+            display(Image(filename=str(p)))
+    return paths
+
+
+def show_table(name: str, results: str | Path | None = None, **options: Any) -> str:
+    """Display table `name` (see `analysis.tables.TABLES`) as Markdown; returns its text."""
+    from IPython.display import Markdown, display
+
+    try:
+        text = tables.make(name, results or results_dir(), **options)
+    except WorkbenchError as e:
+        print(f"skipped {name}: {e}")
+        return ""
+    display(Markdown(text))
+    return text

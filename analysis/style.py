@@ -1,0 +1,99 @@
+"""Shared look of the workbench's figures: Agg backend, one palette per method, captions, saving.
+
+Every figure is saved twice (PNG at 150 dpi and PDF) through a temporary file and `os.replace`, so
+an interrupted `python -m analysis.figures` never leaves half an image. The caption line at the
+bottom of each figure names the device and model the data came from (`caption`).
+
+    from analysis.style import new_figure, caption, save
+    fig, ax = new_figure()
+    caption(fig, "AMD EPYC, 1 thread, float32 | smollm2-135m + medusa heads")
+    save(fig, out_dir, "speedup_by_category")   # -> [out_dir/speedup_by_category.png, .pdf]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+FORMATS = ("png", "pdf")
+DPI = 150
+
+# Fixed colours so a method looks the same in every figure.
+METHOD_COLORS = {
+    "medusa": "#1f77b4",
+    "medusa-typical": "#9467bd",
+    "hf-pld": "#ff7f0e",
+    "ar": "#2ca02c",
+    "hf-greedy": "#7f7f7f",
+    "hf-sample": "#8c564b",
+}
+FAMILY_STYLE = {  # tree family -> (colour, marker)
+    "sparse": ("#1f77b4", "o"),
+    "paper": ("#d62728", "D"),
+    "dense": ("#ff7f0e", "s"),
+    "chain": ("#2ca02c", "^"),
+    "plain": ("#7f7f7f", "x"),
+    "optuna": ("#9467bd", "P"),
+}
+CYCLE = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+plt.rcParams.update({
+    "figure.dpi": 100,
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "legend.fontsize": 7.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+})
+
+
+def method_color(method: str, index: int = 0) -> str:
+    return METHOD_COLORS.get(method, CYCLE[index % len(CYCLE)])
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.5, height: float = 3.6, **kw):
+    """`plt.subplots` with the workbench's default size per panel."""
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+
+
+def caption(fig: Figure, text: str) -> None:
+    """Put the provenance line (device, model, source) under the figure."""
+    fig.text(0.01, 0.005, text, ha="left", va="bottom", fontsize=6.5, color="0.35", wrap=True)
+    fig.tight_layout(rect=(0, 0.045, 1, 1))
+
+
+def yerr(value: Iterable[float], lo: Iterable[float], hi: Iterable[float]):
+    """Asymmetric error bars from interval ends (NaN ends give no bar); None if there are none."""
+    import numpy as np
+
+    v, lo_, hi_ = (np.asarray(list(a), dtype=float) for a in (value, lo, hi))
+    if v.size == 0 or not (np.isfinite(lo_).any() or np.isfinite(hi_).any()):
+        return None
+    return np.vstack([np.where(np.isfinite(lo_), v - lo_, 0.0), np.where(np.isfinite(hi_), hi_ - v, 0.0)]).clip(0)
+
+
+def save(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
+    """Write `stem.png` and `stem.pdf` atomically under `out_dir`; closes the figure."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    try:
+        for fmt in FORMATS:
+            path = out / f"{stem}.{fmt}"
+            tmp = out / f".{stem}.tmp.{fmt}"
+            fig.savefig(tmp, dpi=DPI, format=fmt)
+            os.replace(tmp, path)
+            paths.append(path)
+    finally:
+        plt.close(fig)
+    return paths

@@ -1,0 +1,210 @@
+"""The headline tables the README quotes, as Markdown, from tidy files under results/ only.
+
+    python -m analysis.tables                      # every table whose inputs exist
+    python -m analysis.tables speed heads          # only these (exit 2 if one cannot be made)
+    python -m analysis.tables --results results/ --run mtbench
+
+Tables go to stdout (paste-ready Markdown, each under a ``###`` heading with a provenance line);
+a table whose inputs are missing is reported on stderr as ``skipped <name>: <reason>`` naming the
+command to run first, and the exit status stays 0 unless that table was asked for by name.
+Intervals are the 95% bootstrap intervals of `bench.summarize` (Wilson intervals for accuracies).
+
+Tables (they read what the figure of the same subject reads, see `analysis.figures`):
+``speed`` (main run, category all: tokens/s, speedups, accepted length, losslessness),
+``categories`` (speedup over hf-greedy per category), ``budget`` (accepted length and tokens/s per
+tree), ``typical`` (the eps sweep), ``heads`` (top-i accuracy per head), ``validation`` (predicted
+vs measured accepted length), ``latency`` (verify time by query tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import figures, load
+from medusa.errors import WorkbenchError, run_cli
+
+
+def fmt(value: Any, lo: Any = np.nan, hi: Any = np.nan, digits: int = 2, pct: bool = False) -> str:
+    """``1.61 [1.53, 1.71]``; empty for a missing value; percentages with ``pct``."""
+    try:
+        v, lo, hi = float(value), float(lo), float(hi)
+    except (TypeError, ValueError):
+        return ""
+    if not np.isfinite(v):
+        return ""
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.{digits}f}")
+    s = f(v)
+    if np.isfinite(lo) and np.isfinite(hi):
+        s += f" [{f(lo)}, {f(hi)}]"
+    return s
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _section(title: str, provenance: str, body: str) -> str:
+    return f"### {title}\n\n_{provenance}_\n\n{body}\n"
+
+
+def _metric(summary: pd.DataFrame, method: str, category: str, metric: str) -> pd.Series | None:
+    g = summary[(summary["method"] == method) & (summary["category"].astype(str) == category) & (summary["metric"] == metric)]
+    return None if g.empty else g.iloc[0]
+
+
+def _cell(summary: pd.DataFrame, method: str, category: str, metric: str, **kw: Any) -> str:
+    r = _metric(summary, method, category, metric)
+    return "" if r is None else fmt(r["value"], r["lo"], r["hi"], **kw)
+
+
+# ---- tables -------------------------------------------------------------------------------------
+def speed(results: Path, run: str | None = None, **_: Any) -> str:
+    r = load.pick_run(load.load_runs(results), run, need=("hf-greedy",))
+    s = r.summary
+    rows = []
+    for m in r.methods:
+        n = _metric(s, m, "all", "tokens_per_s")
+        rows.append([m, "" if n is None else int(n["n"]) if "n" in n and pd.notna(n["n"]) else "",
+                     _cell(s, m, "all", "tokens_per_s", digits=1),
+                     _cell(s, m, "all", "speedup_vs_hf-greedy_mean"), _cell(s, m, "all", "speedup_vs_ar_mean"),
+                     _cell(s, m, "all", "mean_accepted_length"), _cell(s, m, "all", "identical_to_hf_greedy", pct=True)])
+    body = markdown_table(["method", "prompt turns", "tokens/s", "speedup vs hf-greedy", "speedup vs ar",
+                           "accepted length (tokens/step)", "identical to hf-greedy"], rows)
+    return _section(f"Speed, run {r.name} (all categories; 95% bootstrap CI)",
+                    load.caption_from_records(r.records, f"run: {load.display(r.dir)}"), body)
+
+
+def categories(results: Path, run: str | None = None, **_: Any) -> str:
+    r = load.pick_run(load.load_runs(results), run, need=("hf-greedy",))
+    s = r.summary
+    methods = [m for m in figures.SPEEDUP_METHODS if m in r.methods]
+    cats = [c for c in dict.fromkeys(s["category"].astype(str)) if c != "all"] + ["all"]
+    rows = [[c] + [_cell(s, m, c, "speedup_vs_hf-greedy_mean") for m in methods] for c in cats]
+    body = markdown_table(["category"] + [f"{m} speedup" for m in methods], rows)
+    return _section(f"Speedup over hf-greedy per category, run {r.name} (mean of per-prompt ratios)",
+                    load.caption_from_records(r.records, f"run: {load.display(r.dir)}"), body)
+
+
+def budget(results: Path, **_: Any) -> str:
+    runs = load.load_runs(results, quiet=True)
+    pts = figures.budget_points(runs)
+    pts = pts.sort_values(["node_budget", "family"])
+    rows = [[p.tree if p.method == "medusa" else "(plain, ar)", figures.FAMILY_LABELS[p.family], int(p.node_budget),
+             fmt(p.mean_accepted_length, p.mean_accepted_length_lo, p.mean_accepted_length_hi),
+             fmt(p.tokens_per_s, p.tokens_per_s_lo, p.tokens_per_s_hi, digits=1), p.run] for p in pts.itertuples()]
+    body = markdown_table(["tree", "family", "nodes", "accepted length (tokens/step)", "tokens/s", "run"], rows)
+    names = set(pts["run"])
+    return _section("Accepted length and speed against tree size (method medusa, greedy acceptance)",
+                    load.caption_from_records(figures.runs_records(runs, names), f"{len(names)} runs"), body)
+
+
+def typical(results: Path, temperature: float | None = None, **_: Any) -> str:
+    runs = load.load_runs(results, quiet=True)
+    typ, refs, temp = figures.typical_points(runs, temperature)
+    measures = [q for q in figures.QUALITY_LABELS if typ[q].notna().any() or refs[q].notna().any()]
+    rows = []
+    for p in pd.concat([typ, refs], ignore_index=True).itertuples():
+        label = f"medusa-typical eps={p.posterior_threshold:g}" if p.method == "medusa-typical" else p.method
+        rows.append([label, fmt(p.mean_accepted_length, p.mean_accepted_length_lo, p.mean_accepted_length_hi)]
+                    + [fmt(getattr(p, q), getattr(p, q + "_lo"), getattr(p, q + "_hi"), digits=3) for q in measures])
+    body = markdown_table(["method", "accepted length (tokens/step)"] + [figures.QUALITY_LABELS[q] for q in measures], rows)
+    names = set(typ["run"]) | set(refs["run"])
+    return _section(f"Typical acceptance at T={temp:g}: accepted length and quality per eps",
+                    load.caption_from_records(figures.runs_records(runs, names), f"{len(names)} runs"), body)
+
+
+def heads(results: Path, calibration: str | None = None, **_: Any) -> str:
+    acc = load.head_accuracy(results, calibration)
+    t = acc.table
+    r_max = int(t["topk"].max())
+    ks = [k for k in (1, 2, 3, 5, 10) if k <= r_max] + ([r_max] if r_max not in (1, 2, 3, 5, 10) else [])
+    rows = []
+    for h in range(1, acc.num_heads + 1):
+        g = t[t["head"] == h].set_index("topk")
+        rows.append([h, int(g["positions"].iloc[0])] + [fmt(g.loc[k, "accuracy"], g.loc[k, "lo"], g.loc[k, "hi"], pct=True) for k in ks])
+    body = markdown_table(["head (1-based)", "positions"] + [f"top-{k}" for k in ks], rows)
+    return _section("Head accuracy: true token within the head's top-i (95% Wilson CI)",
+                    load.calibration_caption(acc.meta, acc.source), body)
+
+
+def validation(results: Path, **_: Any) -> str:
+    v = load.load_validation(results)
+    rows = []
+    for r in v.itertuples():
+        m = float(r.measured_accepted_length)
+        rows.append([r.tree, r.kind, int(r.node_budget), f"{r.predicted_independence:.3f} ({100 * (r.predicted_independence - m) / m:+.1f}%)",
+                     f"{r.predicted_empirical:.3f} ({100 * (r.predicted_empirical - m) / m:+.1f}%)" if pd.notna(r.predicted_empirical) else "",
+                     f"{m:.3f}", f"{r.tokens_per_s:.1f}" if "tokens_per_s" in v.columns and pd.notna(r.tokens_per_s) else ""])
+    body = markdown_table(["tree", "kind", "nodes", "predicted, independence", "predicted, empirical",
+                           "measured accepted length", "tokens/s"], rows)
+    cal = load.results_path(results) / "calibration" / str(v["calibration"].iloc[0])
+    return _section("Acceptance models: predicted vs measured accepted length (tokens/step)",
+                    load.calibration_caption(load.read_json(cal / "calibration.json"), cal / str(v["file"].iloc[0])), body)
+
+
+def latency(results: Path, **_: Any) -> str:
+    parts = []
+    for path in load.latency_files(results):
+        df = load.load_latency(path)
+        for (backbone, dtype), d in df.groupby(["backbone", "dtype"], sort=False):
+            ctxs = sorted(d["context"].unique())
+            wide = d.pivot_table(index="n_query", columns="context", values="median_s", aggfunc="first")
+            rows = [[int(n)] + [f"{1e3 * wide.loc[n, c]:.2f}" if pd.notna(wide.loc[n, c]) else "" for c in ctxs] for n in wide.index]
+            first = d.iloc[0]
+            body = markdown_table(["query tokens"] + [f"ms @ context {int(c)}" for c in ctxs], rows)
+            body += (f"\n\nMemory floor (weights / {first['mem_bandwidth_gbs']:.1f} GB/s): {1e3 * first['floor_s']:.2f} ms; "
+                     f"matmul {first['matmul_gflops']:.0f} GFLOP/s.")
+            parts.append(_section(f"Verify forward time, {backbone} {dtype} (median)",
+                                  f"device: {first['device']} | model: {backbone} | source: {load.display(path)}", body))
+    return "\n".join(parts)
+
+
+TABLES: dict[str, Callable[..., str]] = {
+    "speed": speed, "categories": categories, "budget": budget, "typical": typical,
+    "heads": heads, "validation": validation, "latency": latency,
+}
+
+
+def make(name: str, results: str | Path | None = None, **options: Any) -> str:
+    """One table as Markdown by registry name (raises `WorkbenchError` when it cannot be made)."""
+    if name not in TABLES:
+        raise WorkbenchError(f"unknown table {name!r} (known: {', '.join(TABLES)})")
+    return TABLES[name](load.results_path(results), **options)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n")[0])
+    p.add_argument("names", nargs="*", help=f"tables to print (default: all): {', '.join(TABLES)}")
+    p.add_argument("--results", default=None, help="results folder (default: the repository's results/)")
+    p.add_argument("--run", default=None, help="benchmark run for the speed tables (default: mtbench or the largest)")
+    p.add_argument("--calibration", default=None, help="calibration folder name (default: the shipped heads')")
+    p.add_argument("--temperature", type=float, default=None, help="temperature of the eps sweep")
+    a = p.parse_args(argv)
+    results = load.results_path(a.results)
+    if not results.is_dir():
+        raise WorkbenchError(f"results folder not found: {results}")
+    options = {"run": a.run, "calibration": a.calibration, "temperature": a.temperature}
+    unknown = [n for n in a.names if n not in TABLES]
+    if unknown:
+        raise WorkbenchError(f"unknown table {unknown[0]!r} (known: {', '.join(TABLES)})")
+    for name in a.names or TABLES:
+        try:
+            print(make(name, results, **options))
+        except WorkbenchError as e:
+            if a.names:
+                raise
+            print(f"skipped {name}: {e}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,180 @@
+"""One-shot accelerator check: correctness first, then latency profiles, then ar vs medusa speed.
+
+Written for a lent H100/H200 with no network that sees only the working tree (<= 64 MiB) and an
+optional model folder; finishes within ~8 minutes and writes everything under `--out`:
+
+1. correctness  (tiny random Llama on the device, fp32): tree-verify logits equal sequential
+   forwards of each node's path; Medusa greedy output equals `generate(do_sample=False)`.
+2. latency      bf16 verify-forward profiles (bench.latency) for the SmolLM2 shape (real weights
+   when a model folder or GGUF is present, otherwise random weights, and it says so) and for a
+   7B-shaped Llama with random weights -> out/latency/<device>.csv (+ a copy per shape).
+3. speed        ar vs medusa on a few MT-Bench prompts with the shipped heads and default tree
+   (real SmolLM2 only; random weights accept nothing worth timing).
+
+    python -m bench.gpu_check --out /tmp/gpu [--model-dir DIR] [--smoke]
+
+`--smoke` runs every phase at toy sizes on whatever device is present (the CPU test uses it).
+`bench/gpu_check.sh` wraps this with the GGUF re-assembly described in its header.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from bench.latency import LatencyConfig, profile_backbone, write_profile
+from bench.provenance import device_slug, provenance
+from medusa.backbone import Backbone, load_backbone
+from medusa.decode import DecodeConfig, generate
+from medusa.errors import WorkbenchError, run_cli
+from medusa.testing import OracleProposer, RandomProposer, greedy_reference, tiny_backbone
+from trees.tree import chain, default_tree, preset
+
+SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                     tie_word_embeddings=True, rope_theta=100000.0)
+LLAMA7B_SHAPE = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                     tie_word_embeddings=False)
+
+
+def random_backbone(name: str, shape: dict, device: str, dtype: torch.dtype) -> Backbone:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    model.requires_grad_(False)
+    return Backbone(model=model, tokenizer=None, name=name)
+
+
+def correctness(device: str) -> dict:
+    bb = tiny_backbone(0)
+    bb.model.to(device)
+    prompt = [1, 5, 7, 9, 11, 3, 17, 2]
+    ref = greedy_reference(bb, prompt, 48)
+    results = {}
+    for tree in (chain(4), preset("mc_sim_7b_63")):
+        for name, prop in (("oracle", OracleProposer(prompt + ref, 4, 96)), ("random", RandomProposer(4, 96))):
+            out = generate(bb, prop, tree, prompt, DecodeConfig(max_new_tokens=48, stop_on_eos=False))
+            results[f"lossless_{tree.name}_{name}"] = out.output_ids == ref
+    results["tree_logits_max_abs_err"] = tree_logits_error(bb)
+    results["ok"] = all(v for k, v in results.items() if k.startswith("lossless")) and results["tree_logits_max_abs_err"] < 1e-4
+    return results
+
+
+@torch.inference_mode()
+def tree_logits_error(bb: Backbone) -> float:
+    from medusa.decode import cache_kwarg
+    from medusa.kv_cache import StaticKV
+    from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask
+
+    device, model = bb.device, bb.model
+    decoder, arg = model.base_model, cache_kwarg(model.base_model)
+    prompt = [1, 5, 7, 9, 11, 3]
+    buf = tree_buffers(preset("mc_sim_7b_63"), device)
+    head_topk = torch.randint(0, 96, (4, 10), generator=torch.Generator().manual_seed(0)).to(device)
+    cand = tree_candidates(buf, 42, head_topk)
+    cache = StaticKV(model.config.num_hidden_layers, len(prompt) + buf.num_nodes)
+    decoder(input_ids=torch.tensor([prompt], device=device), position_ids=torch.arange(len(prompt), device=device)[None],
+            attention_mask=causal_mask(len(prompt), len(prompt), torch.float32, device), **{arg: cache.hf_cache})
+    cache.advance(len(prompt))
+    h = decoder(input_ids=cand[None], position_ids=(len(prompt) + buf.depth)[None],
+                attention_mask=verify_attention_mask(buf, len(prompt), torch.float32), **{arg: cache.hf_cache})
+    logits = model.get_output_embeddings()(h.last_hidden_state[0])
+    worst = 0.0
+    for node in range(buf.num_nodes):
+        path, j = [], node
+        while j >= 0:
+            path.append(int(cand[j]))
+            j = int(buf.parent[j])
+        ref = model(torch.tensor([prompt + path[::-1]], device=device)).logits[0, -1]
+        worst = max(worst, float((logits[node] - ref).abs().max()))
+    return worst
+
+
+def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> list[dict]:
+    """ar vs medusa (shipped heads, default tree) tokens/s on the first MT-Bench questions."""
+    from bench.prompts import load_bench_prompts
+    from medusa.generate import resolve_heads
+
+    heads = resolve_heads(bb, None)
+    rows = []
+    prompts = load_bench_prompts("mtbench", limit=1)[:n_prompts]
+    for tree in (preset("root"), default_tree()):
+        cfg = DecodeConfig(max_new_tokens=max_new_tokens)
+        generate(bb, heads, tree, bb.chat_ids(prompts[0].turns[0]), DecodeConfig(max_new_tokens=8))
+        for p in prompts:
+            out = generate(bb, heads, tree, bb.chat_ids(p.turns[0]), cfg)
+            rows.append({"method": "ar" if tree.depth == 0 else "medusa", "tree": tree.name,
+                         "prompt": p.id, "new_tokens": out.new_tokens, "wall_s": out.wall_s,
+                         "mean_accepted_length": out.mean_accepted_length})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--model-dir", default=None, help="folder holding SmolLM2 as a HF folder (config.json)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--smoke", action="store_true", help="toy sizes (CPU test of the script itself)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkbenchError(f"cannot create output folder {out}: {e.strerror}") from None
+    report: dict = {"provenance": provenance(args.device), "smoke": args.smoke, "phases": {}}
+
+    def phase(name, fn):
+        t = time.perf_counter()
+        try:
+            report["phases"][name] = {"result": fn(), "seconds": round(time.perf_counter() - t, 2)}
+        except Exception as e:  # a failing phase is recorded; later phases still run
+            report["phases"][name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
+        (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        print(f"[{name}] {json.dumps(report['phases'][name], default=str)[:400]}", flush=True)
+
+    phase("correctness", lambda: correctness(args.device))
+
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    lat = LatencyConfig(contexts=(32,), n_queries=(1, 4), repeats=2, warmup=1) if args.smoke else LatencyConfig(repeats=5)
+    real = None
+    if args.model_dir and (Path(args.model_dir) / "config.json").is_file():
+        real = load_backbone(args.model_dir, dtype=dtype, device=args.device)
+        real.name = "smollm2-135m"
+    report["smollm2_weights"] = "real" if real is not None else "random (no model folder given or found)"
+    print(f"SmolLM2 weights: {report['smollm2_weights']}", flush=True)
+    small_shape = dict(SMOLLM2_SHAPE, num_hidden_layers=2) if args.smoke else SMOLLM2_SHAPE
+    big_shape = dict(LLAMA7B_SHAPE, num_hidden_layers=2, hidden_size=256, intermediate_size=512,
+                     num_attention_heads=4, num_key_value_heads=4) if args.smoke else LLAMA7B_SHAPE
+    lat_path = out / "latency" / f"{device_slug(args.device)}.csv"
+
+    def profile(bb: Backbone) -> dict:
+        df = profile_backbone(bb, lat, progress=False)
+        write_profile(df, lat_path)
+        return {"rows": len(df), "median_ms_by_n_at_ctx": {
+            int(r.n_query): round(r.median_s * 1e3, 3) for r in df[df.context == df.context.max()].itertuples()}}
+
+    phase("latency_smollm2", lambda: profile(real or random_backbone("smollm2-135m-random", small_shape, args.device, dtype)))
+    phase("latency_llama7b", lambda: profile(random_backbone("llama-7b-shape-random", big_shape, args.device, dtype)))
+    if real is not None:
+        phase("speed_ar_vs_medusa", lambda: speed(real, 2 if args.smoke else 8, 32 if args.smoke else 256))
+    else:
+        report["phases"]["speed_ar_vs_medusa"] = {"skipped": "needs the real SmolLM2 weights"}
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    failed = [k for k, v in report["phases"].items() if "error" in v]
+    print(f"wrote {out}/report.json; failed phases: {failed or 'none'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

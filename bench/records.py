@@ -1,0 +1,382 @@
+"""The one schema of benchmark results, the token-counting rule, and the atomic, resumable store.
+
+A run folder (``results/bench/<run>/``) holds
+
+- ``run.json``      the run's settings (`BenchConfig`), the tree's paths, and one provenance entry
+                    per session that wrote to the folder (`Provenance`);
+- ``records.csv``   one row per (prompt, turn, method, repeat): the columns of `Record`, below;
+- ``tokens.jsonl``  one JSON object per row with the same key and the bulky fields of `Tokens`
+                    (prompt and output token ids, answer text, per-step accepted lengths and times);
+- ``summary.csv``   written by `bench.summarize` (tidy: method, category, metric, value, lo, hi, n);
+- ``mismatches.csv`` written by `bench.summarize`: every greedy record that differs from `hf-greedy`.
+
+The key of a row is (question_id, turn, method, repeat). Rows are kept in the canonical order
+(prompt_index, turn, repeat, method), so a resumed run, an uninterrupted run and merged shards
+produce the same table.
+
+**Token counting, one rule for every method** (`count_new_tokens`): the new tokens are the ids
+after the prompt, truncated at and including the first EOS, capped at `max_new_tokens`. It is
+applied to transformers `generate` outputs and to the engine's outputs alike.
+
+**Atomic writes.** `RecordStore.append` first appends the record's tokens line to
+``tokens.jsonl`` in one `write` call, then rewrites ``records.csv`` through a temporary file and
+`os.replace`. A record exists once its CSV row exists; a tokens line without a row (the process was
+killed between the two writes) or a torn last line is dropped when the store is opened again. So
+Ctrl-C or a kill at any moment leaves valid files, and resuming never duplicates a row.
+
+Analysis code reads runs through `load_run` (records as a pandas DataFrame, tokens by key).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medusa.errors import WorkbenchError
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+RECORDS_FILE = "records.csv"
+TOKENS_FILE = "tokens.jsonl"
+SUMMARY_FILE = "summary.csv"
+MISMATCHES_FILE = "mismatches.csv"
+
+KEY_COLUMNS = ("question_id", "turn", "method", "repeat")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def count_new_tokens(new_ids: Sequence[int], eos_token_ids: Iterable[int], max_new_tokens: int) -> list[int]:
+    """The one token-counting rule: truncate at and including the first EOS, cap at max_new_tokens."""
+    eos = set(eos_token_ids)
+    out: list[int] = []
+    for tok in list(new_ids)[:max_new_tokens]:
+        out.append(int(tok))
+        if tok in eos:
+            break
+    return out
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and with what a record was measured; repeated on every row."""
+
+    commit: str
+    date: str
+    device_name: str
+    torch_version: str
+    transformers_version: str
+    threads: int
+    dtype: str
+
+    @classmethod
+    def collect(cls, device: str, threads: int, dtype: str) -> Provenance:
+        import torch
+        import transformers
+
+        return cls(
+            commit=git_commit(),
+            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            device_name=device_name(device),
+            torch_version=torch.__version__,
+            transformers_version=transformers.__version__,
+            threads=threads,
+            dtype=dtype,
+        )
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with ``+dirty`` when the working tree differs; ``unknown`` outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name, or the CPU model for CPU runs."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of records.csv: one answer of one method to one turn of one prompt.
+
+    Config columns that do not apply to a method are empty (NaN when read): `tree` for the HF
+    methods, `pld_tokens` outside `hf-pld`. Engine-only columns (`steps`, `accepted_tokens`,
+    the time split) are empty for the transformers methods.
+    """
+
+    # identity
+    source: str
+    prompt_index: int  # position in the full filtered prompt list (before sharding)
+    question_id: str
+    category: str
+    turn: int  # 1-based
+    method: str
+    repeat: int  # 0-based
+    # config
+    greedy: bool  # True: must be token-identical to hf-greedy
+    backbone: str
+    heads: str  # heads folder, "untrained", or "" when the method uses none
+    tree: str
+    node_budget: float  # tokens verified per step, root included
+    temperature: float
+    posterior_threshold: float  # eps
+    posterior_alpha: float  # delta
+    pld_tokens: float
+    max_new_tokens: int
+    seed: int
+    # measurement
+    prompt_tokens: int
+    new_tokens: int  # count_new_tokens(output)
+    wall_s: float  # generation only
+    tokens_per_s: float
+    stop_reason: str  # "eos" or "length"
+    steps: float  # verification steps (engine methods)
+    accepted_tokens: float  # sum of per-step accepted lengths (root token included each step)
+    mean_accepted_length: float  # accepted_tokens / steps
+    prefill_s: float
+    heads_s: float
+    verify_s: float
+    bookkeeping_s: float
+    # quality under the backbone at the run's temperature (computed after the timer stops)
+    loglik_per_token: float  # mean log p_T(token | prefix)
+    argmax_agreement: float  # share of tokens equal to the backbone's argmax given their prefix
+    # provenance
+    commit: str
+    date: str
+    device_name: str
+    torch_version: str
+    transformers_version: str
+    threads: int
+    dtype: str
+
+    @property
+    def key(self) -> tuple[str, int, str, int]:
+        return (self.question_id, self.turn, self.method, self.repeat)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+# Columns that change from one execution to the next even with identical outputs.
+MACHINE_COLUMNS: frozenset[str] = frozenset({
+    "wall_s", "tokens_per_s", "prefill_s", "heads_s", "verify_s", "bookkeeping_s",
+    "commit", "date", "device_name", "torch_version", "transformers_version", "threads",
+})
+_INT_COLUMNS = {f.name for f in fields(Record) if f.type in ("int",)}
+_BOOL_COLUMNS = {f.name for f in fields(Record) if f.type in ("bool",)}
+_FLOAT_COLUMNS = {f.name for f in fields(Record) if f.type in ("float",)}
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One line of tokens.jsonl: the key plus the record's token ids, text and per-step stats."""
+
+    question_id: str
+    turn: int
+    method: str
+    repeat: int
+    prompt_ids: list[int]
+    output_ids: list[int]  # exactly the counted new tokens
+    text: str
+    accepted_lengths: list[int] = field(default_factory=list)
+    heads_s: list[float] = field(default_factory=list)
+    verify_s: list[float] = field(default_factory=list)
+    bookkeeping_s: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple[str, int, str, int]:
+        return (self.question_id, self.turn, self.method, self.repeat)
+
+
+def record_key(d: dict[str, Any]) -> tuple[str, int, str, int]:
+    return (str(d["question_id"]), int(d["turn"]), str(d["method"]), int(d["repeat"]))
+
+
+def _order(row: dict[str, Any]) -> tuple[int, int, int, str]:
+    return (int(row["prompt_index"]), int(row["turn"]), int(row["repeat"]), str(row["method"]))
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _parse(name: str, text: str) -> Any:
+    if name in _INT_COLUMNS:
+        return int(text)
+    if name in _BOOL_COLUMNS:
+        return text == "True"
+    if name in _FLOAT_COLUMNS:
+        return float(text) if text != "" else float("nan")
+    return text
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def records_csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row[c]) for c in COLUMNS})
+    return buf.getvalue()
+
+
+def read_records_csv(path: Path) -> list[dict[str, Any]]:
+    """Rows of a records.csv as typed dicts (refuses a file written with another schema)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise WorkbenchError(f"{path} does not have the schema v{SCHEMA_VERSION} columns; use a new --out")
+        return [{c: _parse(c, r[c]) for c in COLUMNS} for r in reader]
+
+
+def read_tokens_jsonl(path: Path) -> dict[tuple[str, int, str, int], dict[str, Any]]:
+    """Tokens lines by key; a torn line (killed mid-write) is skipped, the last copy of a key wins."""
+    out: dict[tuple[str, int, str, int], dict[str, Any]] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            d = json.loads(line)
+            out[record_key(d)] = d
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+class RecordStore:
+    """The records and tokens of one run folder, kept consistent on disk after every append."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WorkbenchError(f"cannot create run folder {self.dir}: {e.strerror}") from None
+        self.records_path = self.dir / RECORDS_FILE
+        self.tokens_path = self.dir / TOKENS_FILE
+        self.rows: dict[tuple[str, int, str, int], dict[str, Any]] = {}
+        if self.records_path.is_file():
+            for row in read_records_csv(self.records_path):
+                self.rows[record_key(row)] = row
+        tokens = read_tokens_jsonl(self.tokens_path)
+        self.tokens = {k: v for k, v in tokens.items() if k in self.rows}
+        missing = [k for k in self.rows if k not in self.tokens]
+        if missing:
+            raise WorkbenchError(f"{self.tokens_path} lacks the token ids of {len(missing)} records (first: {missing[0]})")
+        # Drop orphan and torn lines so the file holds exactly one line per record.
+        self._write_tokens()
+
+    def __contains__(self, key: tuple[str, int, str, int]) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def ordered_rows(self) -> list[dict[str, Any]]:
+        return sorted(self.rows.values(), key=_order)
+
+    def _write_tokens(self) -> None:
+        order = [record_key(r) for r in self.ordered_rows()]
+        atomic_write_text(self.tokens_path, "".join(json.dumps(self.tokens[k]) + "\n" for k in order))
+
+    def _write_records(self) -> None:
+        atomic_write_text(self.records_path, records_csv_text(self.ordered_rows()))
+
+    def append(self, record: Record, tokens: Tokens) -> None:
+        if record.key != tokens.key:
+            raise ValueError(f"record key {record.key} != tokens key {tokens.key}")
+        if record.key in self.rows:
+            raise ValueError(f"record {record.key} is already stored")
+        line = (json.dumps(asdict(tokens)) + "\n").encode("utf-8")
+        fd = os.open(self.tokens_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        row = asdict(record)
+        self.rows[record.key] = row
+        self.tokens[record.key] = asdict(tokens)
+        self._write_records()
+
+    def replace_all(self, rows: Iterable[dict[str, Any]], tokens: dict[tuple[str, int, str, int], dict[str, Any]]) -> None:
+        """Write a whole table at once (used by bench.merge)."""
+        self.rows = {record_key(r): r for r in rows}
+        self.tokens = {k: tokens[k] for k in self.rows}
+        self._write_tokens()
+        self._write_records()
+
+
+def read_run_json(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise WorkbenchError(f"{path} is not valid JSON ({e.msg})") from None
+
+
+def write_run_json(directory: str | os.PathLike, data: dict[str, Any]) -> None:
+    atomic_write_text(Path(directory) / RUN_FILE, json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=1) + "\n")
+
+
+def load_run(directory: str | os.PathLike):
+    """(records DataFrame in canonical order, tokens by key, run.json dict) of a run folder."""
+    import pandas as pd
+
+    directory = Path(directory)
+    if not (directory / RECORDS_FILE).is_file():
+        raise WorkbenchError(f"no {RECORDS_FILE} in {directory} (is it a bench run folder?)")
+    rows = sorted(read_records_csv(directory / RECORDS_FILE), key=_order)
+    tokens = read_tokens_jsonl(directory / TOKENS_FILE)
+    missing = [record_key(r) for r in rows if record_key(r) not in tokens]
+    if missing:
+        raise WorkbenchError(f"{directory / TOKENS_FILE} lacks the token ids of {len(missing)} records")
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return frame, tokens, read_run_json(directory) or {}

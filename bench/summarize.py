@@ -1,0 +1,274 @@
+"""Summarise a benchmark run: speedups with bootstrap intervals, accepted length, losslessness, quality.
+
+    python -m bench.summarize results/bench/mtbench [--bootstrap 2000] [--seed 0]
+
+Reads ``records.csv`` and ``tokens.jsonl`` (`bench.records`), writes ``summary.csv`` (tidy: method,
+category, metric, value, lo, hi, n), ``mismatches.csv`` and ``summary.md``, and prints the Markdown.
+
+Statistics, per method and category (and ``all``). The unit is a prompt turn (question_id, turn);
+repeats of a unit are pooled (tokens and seconds summed). Intervals are 95% percentile bootstraps
+over units (paired: a resample draws the same units for a method and its baseline).
+
+- ``tokens_per_s``: total new tokens / total wall seconds.
+- ``speedup_vs_<base>_mean``: mean over units of tokens/s(method) / tokens/s(base);
+  ``speedup_vs_<base>_total``: ratio of the two totals' tokens/s; base is ``hf-greedy`` and ``ar``.
+- ``mean_accepted_length``: accepted tokens / verification steps (engine methods; 1.0 for ``ar``).
+- ``identical_to_hf_greedy`` (greedy methods): share of records whose output ids equal hf-greedy's
+  for the same (question, turn, repeat) exactly; a different length is a mismatch. Every mismatch
+  goes to ``mismatches.csv`` with its first divergent position (for a truncated output, the
+  shorter length). ``mismatches`` counts them.
+- quality, for every method (read sampled methods beside ``hf-sample``): ``loglik_per_token`` (mean
+  log p_T of each answer token under the backbone at the run's temperature), ``argmax_agreement``
+  (share of answer tokens that are the backbone's argmax given their prefix), ``greedy_prefix``
+  (tokens shared with hf-greedy's answer before the first divergence), ``distinct_2`` (distinct
+  bigrams / bigrams), ``repetition_rate`` (share of 4-grams repeating an earlier 4-gram of the same
+  answer) and ``answer_tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bench import records as R
+from medusa.errors import WorkbenchError, run_cli
+
+BASELINES = ("hf-greedy", "ar")
+REFERENCE = "hf-greedy"
+QUALITY = ("loglik_per_token", "argmax_agreement", "greedy_prefix", "distinct_2", "repetition_rate", "answer_tokens")
+SUMMARY_COLUMNS = ("method", "category", "metric", "value", "lo", "hi", "n")
+ALL = "all"
+
+
+def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """First index where the sequences differ (the shorter length if one is a prefix); None if equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def distinct_n(ids: Sequence[int], n: int) -> float:
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repetition_rate(ids: Sequence[int], n: int = 4) -> float:
+    d = distinct_n(ids, n)
+    return 1.0 - d if d == d else float("nan")
+
+
+def bootstrap(stat: Callable[..., np.ndarray], arrays: Sequence[np.ndarray], resamples: int, seed: int) -> tuple[float, float, float]:
+    """(point, lo, hi): `stat` maps arrays (..., units) to (...,); 95% percentile interval over units."""
+    n = len(arrays[0])
+    point = float(stat(*[a[None, :] for a in arrays])[0])
+    if n < 2 or resamples < 1:
+        return point, float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    vals = stat(*[a[idx] for a in arrays])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return point, float("nan"), float("nan")
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def _ratio_of_sums(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return num.sum(-1) / den.sum(-1)
+
+
+def _mean(v: np.ndarray) -> np.ndarray:
+    return v.mean(-1)
+
+
+def _mean_ratio(tm: np.ndarray, wm: np.ndarray, tb: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    return ((tm / wm) / (tb / wb)).mean(-1)
+
+
+def _total_ratio(tm: np.ndarray, wm: np.ndarray, tb: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    return (tm.sum(-1) / wm.sum(-1)) / (tb.sum(-1) / wb.sum(-1))
+
+
+def add_token_metrics(frame: pd.DataFrame, tokens: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-record text metrics and the lossless comparison against hf-greedy; (frame, mismatches)."""
+    frame = frame.copy()
+    outs = [tokens[(r.question_id, r.turn, r.method, r.repeat)] for r in frame.itertuples()]
+    frame["distinct_2"] = [distinct_n(t["output_ids"], 2) for t in outs]
+    frame["repetition_rate"] = [repetition_rate(t["output_ids"]) for t in outs]
+    frame["answer_tokens"] = frame["new_tokens"].astype(float)
+    identical, prefix, rows = [], [], []
+    ref = {(r.question_id, r.turn, r.repeat): tokens[(r.question_id, r.turn, r.method, r.repeat)]
+           for r in frame.itertuples() if r.method == REFERENCE}
+    ref0 = {(q, t): v for (q, t, rep), v in ref.items() if rep == 0}
+    for r, t in zip(frame.itertuples(), outs):
+        other = ref.get((r.question_id, r.turn, r.repeat)) or ref0.get((r.question_id, r.turn))
+        if other is None:
+            identical.append(np.nan)
+            prefix.append(np.nan)
+            continue
+        pos = first_divergence(t["output_ids"], other["output_ids"])
+        prefix.append(float(len(t["output_ids"]) if pos is None else pos))
+        if not r.greedy or r.method == REFERENCE:
+            identical.append(np.nan)
+            continue
+        identical.append(float(pos is None))
+        if pos is not None:
+            rows.append({"method": r.method, "question_id": r.question_id, "category": r.category, "turn": r.turn,
+                         "repeat": r.repeat, "first_divergence": pos, "method_tokens": len(t["output_ids"]),
+                         "reference_tokens": len(other["output_ids"]),
+                         "same_prompt": t["prompt_ids"] == other["prompt_ids"]})
+    frame["identical"] = identical
+    frame["greedy_prefix"] = prefix
+    cols = ["method", "question_id", "category", "turn", "repeat", "first_divergence", "method_tokens",
+            "reference_tokens", "same_prompt"]
+    return frame, pd.DataFrame(rows, columns=cols)
+
+
+def _units(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, question_id, turn): summed tokens, seconds, steps, accepted; mean quality metrics."""
+    agg: dict[str, Any] = {"category": "first", "new_tokens": "sum", "wall_s": "sum", "steps": "sum",
+                           "accepted_tokens": "sum", **{q: "mean" for q in QUALITY}}
+    return frame.groupby(["method", "question_id", "turn"], sort=False).agg(agg).reset_index()
+
+
+def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tidy summary, mismatches) of a run's records."""
+    frame, mismatches = add_token_metrics(frame, tokens)
+    units = _units(frame)
+    methods = list(dict.fromkeys(frame["method"]))
+    categories = list(dict.fromkeys(frame["category"])) + [ALL]
+    out: list[dict[str, Any]] = []
+
+    def emit(method: str, category: str, metric: str, value: float, lo: float, hi: float, n: int) -> None:
+        out.append({"method": method, "category": category, "metric": metric, "value": value, "lo": lo, "hi": hi, "n": n})
+
+    for category in categories:
+        cu = units if category == ALL else units[units["category"] == category]
+        for method in methods:
+            mu = cu[cu["method"] == method].set_index(["question_id", "turn"])
+            if mu.empty:
+                continue
+            n = len(mu)
+            tok, wall = mu["new_tokens"].to_numpy(float), mu["wall_s"].to_numpy(float)
+            recs = frame[(frame["method"] == method) & ((frame["category"] == category) | (category == ALL))]
+            emit(method, category, "records", float(len(recs)), np.nan, np.nan, n)
+            emit(method, category, "tokens_per_s", *bootstrap(_ratio_of_sums, [tok, wall], resamples, seed), n)
+            for base in BASELINES:
+                if base == method or base not in methods:
+                    continue
+                bu = cu[cu["method"] == base].set_index(["question_id", "turn"])
+                common = mu.index.intersection(bu.index)
+                if len(common) == 0:
+                    continue
+                arrays = [mu.loc[common, "new_tokens"].to_numpy(float), mu.loc[common, "wall_s"].to_numpy(float),
+                          bu.loc[common, "new_tokens"].to_numpy(float), bu.loc[common, "wall_s"].to_numpy(float)]
+                emit(method, category, f"speedup_vs_{base}_mean", *bootstrap(_mean_ratio, arrays, resamples, seed), len(common))
+                emit(method, category, f"speedup_vs_{base}_total", *bootstrap(_total_ratio, arrays, resamples, seed), len(common))
+            steps = mu["steps"].to_numpy(float)
+            if np.nansum(steps) > 0:
+                emit(method, category, "mean_accepted_length",
+                     *bootstrap(_ratio_of_sums, [mu["accepted_tokens"].to_numpy(float), steps], resamples, seed), n)
+            ident = recs["identical"].dropna()
+            if len(ident):
+                emit(method, category, "identical_to_hf_greedy", float(ident.mean()), np.nan, np.nan, len(ident))
+                emit(method, category, "mismatches", float((ident == 0).sum()), np.nan, np.nan, len(ident))
+            for q in QUALITY:
+                v = mu[q].to_numpy(float)
+                v = v[np.isfinite(v)]
+                if v.size:
+                    emit(method, category, q, *bootstrap(_mean, [v], resamples, seed), int(v.size))
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS)), mismatches
+
+
+def _fmt(row: pd.Series | None, digits: int = 2, pct: bool = False) -> str:
+    if row is None or not np.isfinite(row["value"]):
+        return ""
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.{digits}f}")
+    s = f(row["value"])
+    if np.isfinite(row["lo"]) and np.isfinite(row["hi"]):
+        s += f" [{f(row['lo'])}, {f(row['hi'])}]"
+    return s
+
+
+def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str, Any]) -> str:
+    """The summary as Markdown tables (speed and losslessness per method and category; quality)."""
+    get = {(r.method, r.category, r.metric): r._asdict() for r in summary.itertuples(index=False)}
+
+    def cell(m: str, c: str, metric: str, **kw: Any) -> str:
+        return _fmt(get.get((m, c, metric)), **kw)
+
+    ident = run_info.get("identity", {})
+    tree = ident.get("tree") or {}
+    lines = [f"# Benchmark {run_info.get('name', '')}".rstrip(), "",
+             f"prompts {ident.get('prompts', '?')}, backbone {ident.get('backbone', '?')}, heads {ident.get('heads') or '-'}, "
+             f"tree {tree.get('name', '-')} (budget {tree.get('node_budget', '-')}), max new tokens "
+             f"{ident.get('max_new_tokens', '?')}, {ident.get('device', '?')} {ident.get('dtype', '')} x{ident.get('threads', '?')} threads, "
+             f"T={ident.get('temperature', '?')}", "",
+             "Speed: value [95% bootstrap interval over prompts]; speedups as mean of per-prompt ratios and ratio of totals.", "",
+             "| method | category | n | tokens/s | vs hf-greedy (mean) | vs hf-greedy (total) | vs ar (mean) | vs ar (total) | accepted length | identical to hf-greedy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    methods = list(dict.fromkeys(summary["method"]))
+    categories = list(dict.fromkeys(summary["category"]))
+    for c in categories:
+        for m in methods:
+            n = get.get((m, c, "tokens_per_s"))
+            if n is None:
+                continue
+            lines.append(f"| {m} | {c} | {n['n']} | {cell(m, c, 'tokens_per_s', digits=1)} | "
+                         f"{cell(m, c, 'speedup_vs_hf-greedy_mean')} | {cell(m, c, 'speedup_vs_hf-greedy_total')} | "
+                         f"{cell(m, c, 'speedup_vs_ar_mean')} | {cell(m, c, 'speedup_vs_ar_total')} | "
+                         f"{cell(m, c, 'mean_accepted_length')} | {cell(m, c, 'identical_to_hf_greedy', pct=True)} |")
+    lines += ["", "Quality (category all; read sampled methods beside hf-sample):", "",
+              "| method | log-lik/token at T | argmax agreement | greedy prefix | distinct-2 | repetition | answer tokens |",
+              "|---|---|---|---|---|---|---|"]
+    for m in methods:
+        lines.append(f"| {m} | {cell(m, ALL, 'loglik_per_token', digits=3)} | {cell(m, ALL, 'argmax_agreement', digits=3)} | "
+                     f"{cell(m, ALL, 'greedy_prefix', digits=1)} | {cell(m, ALL, 'distinct_2', digits=3)} | "
+                     f"{cell(m, ALL, 'repetition_rate', digits=3)} | {cell(m, ALL, 'answer_tokens', digits=1)} |")
+    if len(mismatches):
+        lines += ["", f"Mismatches against hf-greedy: {len(mismatches)} (first divergent position; see mismatches.csv)", "",
+                  "| method | question | turn | repeat | first divergence | tokens | hf-greedy tokens | same prompt |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in mismatches.head(20).itertuples(index=False):
+            lines.append(f"| {r.method} | {r.question_id} | {r.turn} | {r.repeat} | {r.first_divergence} | "
+                         f"{r.method_tokens} | {r.reference_tokens} | {r.same_prompt} |")
+    elif any(k[2] == "identical_to_hf_greedy" for k in get):
+        lines += ["", "Every greedy record is token-identical to hf-greedy."]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_run(run_dir: str | Path, resamples: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Summarise a run folder and write summary.csv, mismatches.csv and summary.md into it."""
+    run_dir = Path(run_dir)
+    frame, tokens, info = R.load_run(run_dir)
+    if frame.empty:
+        raise WorkbenchError(f"{run_dir} holds no records yet")
+    summary, mismatches = summarize_frame(frame, tokens, resamples, seed)
+    text = markdown(summary, mismatches, {**info, "name": run_dir.name})
+    R.atomic_write_text(run_dir / R.SUMMARY_FILE, summary.to_csv(index=False))
+    R.atomic_write_text(run_dir / R.MISMATCHES_FILE, mismatches.to_csv(index=False))
+    R.atomic_write_text(run_dir / "summary.md", text)
+    return summary, mismatches, text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n")[0])
+    p.add_argument("run", help="run folder (results/bench/NAME)")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: no intervals)")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    if not Path(a.run).is_dir():
+        raise WorkbenchError(f"run folder not found: {a.run}")
+    _, _, text = summarize_run(a.run, a.bootstrap, a.seed)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,306 @@
+"""Self-distillation: the backbone answers seed prompts itself, saved as JSONL shards of token ids.
+
+Medusa heads should predict what *this* backbone will say, so their training text is the
+backbone's own answers (the paper's self-distillation recipe): greedy by default, or sampled with
+``--temperature`` (seeded). Prompts come from `medusa.data` (a named source and split, or a JSONL
+file), are tokenised through the chat template, sorted by length and answered in batches with left
+padding (`model.generate`).
+
+Output folder::
+
+    run.json            model identity, prompt source/split/limit, settings, skip counts, times
+    shard-00000.jsonl   one line per prompt: key (prompt hash), id, ids (prompt + answer),
+                        spans ([[start, end)] of generated tokens in ids), stop ("eos"|"length")
+
+Each shard is one batch, written atomically, so an interrupted run loses at most the batch in
+flight; running the same command again skips every prompt already answered (by prompt hash) and
+goes on. Raising ``--limit`` on a finished run adds more prompts. Settings that change the answers
+(model, dtype, max new tokens, temperature, seed) must match the existing run.json.
+
+Usage::
+
+    python -m medusa.distill --out data/distill/smollm2-train --split train --limit 2000
+    python -m medusa.distill --out data/distill/smollm2-eval --split eval --limit 200
+    python -m medusa.distill --out data/distill/x --source prompts.jsonl --temperature 0.7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
+from medusa.errors import WorkbenchError, run_cli
+
+RUN_FILE = "run.json"
+SHARD_GLOB = "shard-*.jsonl"
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What determines the answers (checked on resume) and how prompts are chosen."""
+
+    backbone: str = DEFAULT_BACKBONE
+    dtype: str = "float32"
+    source: str = "sharegpt"
+    split: str = "train"
+    limit: int | None = None
+    max_prompt_tokens: int = 384
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 32
+
+    # Fields that may differ between a run and its resumption.
+    RESUMABLE = ("limit", "batch_size")
+
+    def answer_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def ensure_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise WorkbenchError(f"cannot write to {directory}: {e.strerror}") from None
+
+
+# ---- reading distilled data ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sample:
+    """One distilled sequence: token ids and the [start, end) spans the backbone generated."""
+
+    key: str
+    ids: tuple[int, ...]
+    spans: tuple[tuple[int, int], ...]
+
+    @property
+    def generated(self) -> int:
+        return sum(e - s for s, e in self.spans)
+
+
+def iter_shards(directory: str | os.PathLike) -> Iterator[Path]:
+    return iter(sorted(Path(directory).glob(SHARD_GLOB)))
+
+
+def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list[Sample]:
+    """All samples of a distilled folder (or a single .jsonl file), in shard order."""
+    path = Path(directory)
+    if not path.exists():
+        raise WorkbenchError(f"distilled data not found: {path}")
+    files = [path] if path.is_file() else list(iter_shards(path))
+    if not files:
+        raise WorkbenchError(f"{path} holds no distilled shards ({SHARD_GLOB}); run `python -m medusa.distill` first")
+    out: list[Sample] = []
+    for f in files:
+        for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                ids = tuple(int(i) for i in rec["ids"])
+                spans = tuple((int(s), int(e)) for s, e in rec["spans"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise WorkbenchError(f"{f}:{lineno} is not a distilled record (needs ids and spans)") from None
+            if any(not 0 <= s <= e <= len(ids) for s, e in spans):
+                raise WorkbenchError(f"{f}:{lineno} has spans outside its {len(ids)} ids")
+            out.append(Sample(str(rec.get("key", f"{f.name}:{lineno}")), ids, spans))
+            if limit is not None and len(out) >= limit:
+                return out
+    if not out:
+        raise WorkbenchError(f"{path} holds no distilled records")
+    return out
+
+
+def read_run(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise WorkbenchError(f"{path} is malformed; delete the folder to start over") from None
+
+
+# ---- generation ------------------------------------------------------------------------------
+def left_pad(batch: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x):] = torch.tensor(list(x))
+        mask[i, width - len(x):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def answer_batch(
+    backbone: Backbone, prompts: Sequence[Sequence[int]], config: DistillConfig, generator_seed: int
+) -> list[tuple[list[int], str]]:
+    """Answers (new token ids, EOS included when hit) and stop reasons for a batch of prompts."""
+    eos = set(backbone.eos_token_ids)
+    pad = backbone.config.pad_token_id
+    pad = pad if pad is not None else (min(eos) if eos else 0)
+    ids, mask = left_pad(prompts, pad, backbone.device)
+    kwargs: dict[str, Any] = {"do_sample": False}
+    if config.temperature > 0:
+        torch.manual_seed(generator_seed)
+        kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
+    out = backbone.model.generate(
+        ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, pad_token_id=pad,
+        eos_token_id=sorted(eos) or None, **kwargs,
+    )
+    answers = []
+    for row in out[:, ids.shape[1]:].tolist():
+        stop = "length"
+        for i, tok in enumerate(row):
+            if tok in eos:
+                row, stop = row[: i + 1], "eos"
+                break
+        answers.append((row, stop))
+    return answers
+
+
+def select_prompts(
+    backbone: Backbone, config: DistillConfig, report: LoadReport
+) -> list[tuple[Prompt, list[int]]]:
+    """The run's prompts with their chat token ids (over-long ones skipped and counted)."""
+    if config.split != "all":
+        check_split(config.split)
+    chosen: list[tuple[Prompt, list[int]]] = []
+    for p in load_prompts(config.source, report=report):
+        if config.split != "all" and split_of(p.text) != config.split:
+            continue
+        ids = backbone.chat_ids(p.text)
+        if len(ids) > config.max_prompt_tokens:
+            report.skipped["prompt over max_prompt_tokens"] += 1
+            continue
+        chosen.append((p, ids))
+        if config.limit is not None and len(chosen) >= config.limit:
+            break
+    if not chosen:
+        raise WorkbenchError(f"no prompts selected from {config.source} (split {config.split}): {report.summary()}")
+    return chosen
+
+
+def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
+    """Answer the selected prompts into `out_dir`, resuming a previous run; returns the run record."""
+    out = Path(out_dir)
+    ensure_writable(out)
+    previous = read_run(out)
+    if previous and previous.get("settings") != config.answer_settings():
+        theirs, mine = previous.get("settings", {}), config.answer_settings()
+        diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k])
+        raise WorkbenchError(f"{out} holds a run with other settings ({diff}); use another --out")
+    torch.set_grad_enabled(False)
+    backbone = load_backbone(config.backbone, dtype=config.dtype)
+    report = LoadReport()
+    selected = select_prompts(backbone, config, report)
+    done = {s.key for s in read_samples(out)} if any(iter_shards(out)) else set()
+    todo = sorted((pi for pi in selected if pi[0].key not in done), key=lambda pi: (len(pi[1]), pi[0].key))
+    next_shard = 1 + max((int(p.stem.split("-")[1]) for p in iter_shards(out)), default=-1)
+
+    started = previous.get("started_at") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record: dict[str, Any] = {
+        "backbone": backbone.identity.to_dict(),
+        "settings": config.answer_settings(),
+        "limit": config.limit,
+        "prompts_selected": len(selected),
+        "load_report": report.to_dict(),
+        "started_at": started,
+        "wall_s": float(previous.get("wall_s", 0.0)),
+        "torch_threads": torch.get_num_threads(),
+    }
+    write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+
+    stops: Counter = Counter(previous.get("stops", {}))
+    new_tokens = int(previous.get("new_tokens", 0))
+    bar = tqdm(total=len(todo), desc="distill", unit="prompt", disable=not progress)
+    for b in range(0, len(todo), config.batch_size):
+        t0 = time.perf_counter()
+        batch = todo[b : b + config.batch_size]
+        answers = answer_batch(backbone, [ids for _, ids in batch], config, config.seed + next_shard)
+        lines = []
+        for (prompt, ids), (answer, stop) in zip(batch, answers):
+            lines.append(json.dumps({
+                "key": prompt.key, "id": prompt.id, "source": prompt.source,
+                "ids": ids + answer, "spans": [[len(ids), len(ids) + len(answer)]], "stop": stop,
+            }))
+            stops[stop] += 1
+            new_tokens += len(answer)
+        write_atomic(out / f"shard-{next_shard:05d}.jsonl", "\n".join(lines) + "\n")
+        next_shard += 1
+        record["wall_s"] += time.perf_counter() - t0
+        record.update(stops=dict(stops), new_tokens=new_tokens,
+                      samples=len(done) + b + len(batch),
+                      updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+        bar.update(len(batch))
+        bar.set_postfix(tok=new_tokens)
+    bar.close()
+    record.update(samples=len(done) + len(todo), stops=dict(stops), new_tokens=new_tokens,
+                  finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    d = DistillConfig()
+    p = argparse.ArgumentParser(prog="python -m medusa.distill", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--dtype", default=d.dtype)
+    p.add_argument("--source", default=d.source, help="sharegpt, mtbench, gsm8k or a .jsonl of prompts")
+    p.add_argument("--split", default=d.split, help="train, calibration, eval or all")
+    p.add_argument("--limit", type=int, default=d.limit, help="number of prompts (default: all in the split)")
+    p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise WorkbenchError("--max-new-tokens, --batch-size and --limit must be >= 1")
+    if args.temperature < 0:
+        raise WorkbenchError("--temperature must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = DistillConfig(
+        backbone=args.backbone, dtype=args.dtype, source=args.source, split=args.split, limit=args.limit,
+        max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+    )
+    rec = distill(config, args.out, progress=not args.quiet)
+    print(f"{args.out}: {rec['samples']} samples, {rec['new_tokens']} generated tokens, "
+          f"stops {rec['stops']}, {rec['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,157 @@
+"""Calibration: ranks are aligned with what the engine accepts, tables derive correctly, files persist."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medusa.decode import DecodeConfig, generate
+from medusa.heads import HeadsConfig, MedusaHeads
+from medusa.testing import OracleProposer, greedy_reference
+from trees.acceptance_model import (
+    RANKS_COLUMNS,
+    load_marginals,
+    load_path_stats,
+    rank_matrix,
+    simulate_steps,
+)
+from trees.calibrate import collect_ranks, greedy_continuation, ranks_of, write_ranks, write_tables
+from trees.tree import Tree, chain
+
+PROMPTS = [("a", [1, 5, 9, 12, 7]), ("b", [3, 4, 8]), ("c", [11, 2, 2, 6, 30, 31])]
+
+
+class PatternProposer:
+    """Deterministic proposer knowing the greedy future: puts the true token of head k at rank
+    ``(n + k) % 4`` (absent when that is 3), random distinct tokens elsewhere."""
+
+    def __init__(self, reference: dict[int, list[int]], num_heads: int, vocab_size: int) -> None:
+        self.reference = reference  # prompt length -> prompt + greedy continuation
+        self.num_heads = num_heads
+        self.vocab_size = vocab_size
+
+    def propose(self, hidden: torch.Tensor, token_ids: Sequence[int], top_k: int) -> torch.Tensor:
+        n = len(token_ids)
+        ref = next(r for r in self.reference.values() if r[: n] == list(token_ids))
+        gen = torch.Generator().manual_seed(n)
+        out = torch.randperm(self.vocab_size, generator=gen)[: self.num_heads * top_k].view(self.num_heads, top_k).clone()
+        for k in range(self.num_heads):
+            pos = n + k
+            if pos >= len(ref):
+                continue
+            true = ref[pos]
+            row = out[k]
+            row[row == true] = -1
+            slot = (n + k) % 4
+            if slot < 3 and slot < top_k:
+                row[slot] = true
+            out[k][out[k] == -1] = self.vocab_size - 2 if true != self.vocab_size - 2 else self.vocab_size - 3
+        return out
+
+
+def test_ranks_of():
+    topk = torch.tensor([[[5, 6, 7], [1, 2, 3]]])
+    assert ranks_of(topk, torch.tensor([[7, 9]])).tolist() == [[2, -1]]
+
+
+def test_oracle_heads_rank_everything_first(tiny):
+    refs = {name: list(ids) + greedy_reference(tiny, ids, 20) for name, ids in PROMPTS}
+    for name, ids in PROMPTS:
+        oracle = OracleProposer(refs[name], num_heads=3, vocab_size=tiny.vocab_size)
+        ranks = collect_ranks(tiny, oracle, [(name, ids)], max_new_tokens=20, top_r=5)
+        assert (ranks["rank0"] == 0).all()
+        n_out = len(refs[name]) - len(ids)
+        assert ranks["position"].max() == n_out - 1 - 3 and len(ranks) == 3 * (n_out - 3)
+    assert greedy_continuation(tiny, PROMPTS[0][1], 20) == refs["a"][len(PROMPTS[0][1]):]
+    oracle = OracleProposer(refs["a"], num_heads=3, vocab_size=tiny.vocab_size)
+    assert greedy_continuation(tiny, PROMPTS[0][1], 20, oracle, chain(3)) == refs["a"][len(PROMPTS[0][1]):]
+
+
+def test_batched_heads_equal_per_position_proposals(tiny):
+    torch.manual_seed(0)
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=3))
+    for block in heads.blocks:  # trained-looking heads: non-zero residual blocks
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+
+    class AsProposer:
+        num_heads = 3
+
+        def propose(self, hidden, token_ids, top_k):
+            return heads.propose(hidden, token_ids, top_k)
+
+    a = collect_ranks(tiny, heads, PROMPTS, max_new_tokens=16, top_r=8)
+    b = collect_ranks(tiny, AsProposer(), PROMPTS, max_new_tokens=16, top_r=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns) == RANKS_COLUMNS and (a["rank0"] >= -1).all() and (a["rank0"] < 8).all()
+    assert set(a["head"]) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("tree", [chain(3), Tree.from_paths([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (2,)])])
+def test_ranks_replay_the_engine_step_by_step(tiny, tree):
+    """Replaying the calibration ranks gives the engine's accepted length at every step."""
+    max_new = 24
+    refs = {len(ids): list(ids) + greedy_reference(tiny, ids, max_new) for _, ids in PROMPTS}
+    proposer = PatternProposer(refs, num_heads=3, vocab_size=tiny.vocab_size)
+    ranks = collect_ranks(tiny, proposer, PROMPTS, max_new_tokens=max_new, top_r=4)
+    assert (ranks["rank0"] == 1).any() and (ranks["rank0"] == -1).any()
+    compared = 0
+    for name, ids in PROMPTS:
+        mat = rank_matrix(ranks[ranks["prompt"] == name])
+        replay = simulate_steps(mat, tree)
+        engine = generate(tiny, proposer, tree, ids, DecodeConfig(max_new_tokens=max_new, stop_on_eos=False))
+        steps = [s.accepted_length for s in engine.steps]
+        # steps that start inside the ranked positions must agree exactly
+        assert steps[: len(replay) - 1] == replay[:-1]
+        compared += len(replay) - 1
+    assert compared > 10
+
+
+def test_tables_and_atomic_files(tiny, tmp_path):
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
+    ranks = collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    write_ranks(ranks, tmp_path / "ranks.parquet")
+    files = write_tables(ranks, tmp_path, top_r=4)
+    assert set(files) == {"accuracy", "paths", "holdout"} or set(files) == {"accuracy", "paths"}
+    acc = pd.read_csv(files["accuracy"])
+    assert list(acc.columns) == ["head", "rank0", "accuracy", "count"]
+    per_head = acc.groupby("head")["accuracy"].sum()
+    np.testing.assert_allclose(per_head.to_numpy(), 1.0)
+    # recount by hand
+    for (h, r), n in ranks.groupby(["head", "rank0"]).size().items():
+        assert acc[(acc["head"] == h) & (acc["rank0"] == r)]["count"].item() == n
+    paths = pd.read_csv(files["paths"], dtype={"path": str}, keep_default_na=False)
+    assert list(paths.columns) == ["path", "depth", "count", "fraction"]
+    assert paths.iloc[0]["path"] == "" and paths.iloc[0]["count"] == len(ranks) // 2
+    assert load_path_stats(files["paths"]).positions == len(ranks) // 2
+    assert load_marginals(files["accuracy"]).num_heads == 2
+    assert not list(tmp_path.glob("*.tmp"))
+    assert pd.read_parquet(tmp_path / "ranks.parquet").equals(ranks)
+
+
+def test_resume_skips_done_prompts_and_checkpoints(tiny):
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
+    first = collect_ranks(tiny, heads, PROMPTS[:1], max_new_tokens=12, top_r=4)
+    seen = []
+    full = collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, done=first,
+                         on_prompt=lambda t: seen.append(t["prompt"].nunique()))
+    assert seen == [2, 3]
+    batched = collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, batch_size=2)
+    pd.testing.assert_frame_equal(full, batched)
+    again = collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    pd.testing.assert_frame_equal(full, again)
+
+
+def test_cli_refuses_missing_heads(tmp_path, capsys):
+    from medusa.errors import run_cli
+    from trees.calibrate import main
+
+    rc = run_cli(main, ["--heads", str(tmp_path / "none"), "--prompts", "2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+    rc = run_cli(main, ["--prompts", "0"])
+    assert rc == 2 and "prompts must be >= 1" in capsys.readouterr().err

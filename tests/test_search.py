@@ -1,0 +1,327 @@
+"""Tree search: optimality against brute force, ties, budgets, CLI, round trips, Optuna."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medusa.errors import WorkbenchError, run_cli
+from tests.test_acceptance_model import correlated_matrix, ranks_frame
+from trees import search as search_mod
+from trees.acceptance_model import (
+    Marginals,
+    expected_tokens,
+    marginals_from_ranks,
+    path_stats_from_matrix,
+    path_stats_from_ranks,
+)
+from trees.search import (
+    SearchResult,
+    main,
+    open_storage,
+    resolve_accuracy,
+    search,
+    search_tree,
+    space_size,
+)
+from trees.tree import Tree, dense, preset
+
+
+def marginals(table: list[list[float]]) -> Marginals:
+    a = np.array(table, dtype=float)
+    return Marginals(accuracy=a, count=np.rint(a * 1000).astype(np.int64), positions=np.full(len(a), 1000))
+
+
+def accuracy_frame(table: list[list[float]]) -> pd.DataFrame:
+    return marginals(table).to_frame()
+
+
+def all_paths(num_heads: int, top_r: int) -> list[tuple[int, ...]]:
+    return [p for d in range(1, num_heads + 1) for p in itertools.product(range(top_r), repeat=d)]
+
+
+def brute_force_best(n_paths: int, model, num_heads: int, top_r: int) -> float:
+    """Best 1 + sum P over every prefix-closed set of n_paths paths (exhaustive)."""
+    best = -1.0
+    for subset in itertools.combinations(all_paths(num_heads, top_r), n_paths):
+        chosen = set(subset)
+        if all(len(p) == 1 or p[:-1] in chosen for p in subset):
+            best = max(best, expected_tokens(subset, model))
+    return best
+
+
+TABLES = [
+    [[0.6, 0.2, 0.1], [0.4, 0.3, 0.1]],
+    [[0.3, 0.3, 0.3], [0.9, 0.05, 0.0]],
+    [[0.5, 0.25], [0.5, 0.3], [0.45, 0.4]],
+    [[0.2, 0.7], [0.1, 0.85], [0.6, 0.3]],  # marginals not sorted by rank
+]
+
+
+@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("budget", [1, 2, 3, 4, 5, 6, 7])
+def test_greedy_matches_brute_force(table, budget):
+    m = marginals(table)
+    result = search_tree("greedy", budget, m)
+    assert result.tree.node_budget == budget
+    want = brute_force_best(budget - 1, m, m.num_heads, m.top_r)
+    assert result.predicted_independence == pytest.approx(want, abs=1e-12)
+
+
+@pytest.mark.parametrize("budget", [2, 4, 6, 8])
+def test_empirical_is_optimal_under_empirical_model(budget):
+    mat = correlated_matrix(800, k=3, seed=1)
+    mat[mat >= 2] = -1
+    stats = path_stats_from_matrix(mat, top_r=2)
+    m = marginals_from_ranks(ranks_frame(mat), top_r=2)
+    result = search_tree("empirical", budget, m, stats)
+    want = brute_force_best(budget - 1, stats, 3, 2)
+    assert result.predicted_empirical == pytest.approx(want, abs=1e-12)
+    greedy = search_tree("greedy", budget, m, stats)
+    assert result.predicted_empirical >= greedy.predicted_empirical - 1e-12
+
+
+def test_ties_are_broken_deterministically():
+    m = marginals([[0.5, 0.5], [0.5, 0.5]])
+    trees = {search_tree("greedy", 4, m).tree.paths for _ in range(5)}
+    assert trees == {((0,), (1,), (0, 0))}  # equal products: shorter first, then lexicographic
+    flat = marginals([[1.0, 0.0], [1.0, 0.0]])  # child equals parent: the parent still comes first
+    assert search_tree("greedy", 3, flat).tree.paths == ((0,), (0, 0))
+    zero = marginals([[0.0, 0.0], [0.0, 0.0]])  # every path has probability 0: a valid tree anyway
+    assert search_tree("greedy", 5, zero).tree.paths == ((0,), (1,), (0, 0), (0, 1))
+
+
+def test_empirical_fills_unseen_paths_by_independence_order():
+    mat = np.array([[0, 0]] * 6 + [[1, -1]] * 4)
+    stats = path_stats_from_matrix(mat, top_r=3)
+    m = marginals([[0.6, 0.4, 0.0], [0.6, 0.0, 0.1]])
+    tree = search_tree("empirical", 5, m, stats).tree
+    # seen: (0) 0.6, (1) 0.4, (0,0) 0.6; then unseen, best independence: (0,2) 0.06 over (1,0)? no: (1,0)=0.24
+    assert tree.paths == ((0,), (1,), (0, 0), (1, 0))
+
+
+def test_caps_depth_and_space_checks():
+    m = marginals([[0.5, 0.3, 0.1]] * 3)
+    t = search_tree("greedy", 7, m, max_depth=2, top_k=[3, 1]).tree
+    assert t.depth == 2 and t.width_per_depth() == [3, 1] and t.node_budget == 7
+    assert space_size([3, 1]) == 6 and space_size([10] * 4) == 11110
+    with pytest.raises(WorkbenchError, match="exceeds the tree space"):
+        search_tree("greedy", 8, m, max_depth=2, top_k=[3, 1])  # 6 nodes + root = 7 < 8
+    with pytest.raises(WorkbenchError, match="node budget must be >= 1"):
+        search_tree("greedy", 0, m)
+    with pytest.raises(WorkbenchError, match="exceeds the 3 heads"):
+        search_tree("greedy", 8, m, max_depth=4)
+    with pytest.raises(WorkbenchError, match="exceeds the 3 ranks"):
+        search_tree("greedy", 8, m, top_k=4)
+    with pytest.raises(WorkbenchError, match="unknown method"):
+        search("beam", 8, accuracy_frame([[0.5, 0.3]]))
+    with pytest.raises(WorkbenchError, match="needs path statistics"):
+        search("empirical", 3, accuracy_frame([[0.5, 0.3]]))
+
+
+def test_search_timings_and_sizes():
+    df = ranks_frame(correlated_matrix(4000, k=4, seed=2))
+    m, stats = marginals_from_ranks(df, 10), path_stats_from_ranks(df, 10)
+    for method in ("greedy", "empirical"):
+        for budget, limit in ((64, 1.0), (1024, 10.0)):
+            t0 = time.perf_counter()
+            r = search_tree(method, budget, m, stats)
+            assert time.perf_counter() - t0 < limit
+            assert r.tree.node_budget == budget
+
+
+def test_search_interface_with_dataframes():
+    df = ranks_frame(correlated_matrix(1000, k=3))
+    acc = marginals_from_ranks(df).to_frame()
+    res = search("empirical", 16, acc, ranks=df)
+    assert isinstance(res, SearchResult) and isinstance(res.tree, Tree)
+    assert res.tree.node_budget == 16 and res.predicted_empirical is not None
+    assert res.predicted_independence == pytest.approx(expected_tokens(res.tree, marginals_from_ranks(df)))
+
+
+def test_default_accuracy_resolution(tmp_path, monkeypatch):
+    from medusa.heads import DEFAULT_HEADS_DIR
+
+    assert search_mod.DEFAULT_HEADS_NAME == DEFAULT_HEADS_DIR.name
+    monkeypatch.setattr(search_mod, "CALIBRATION_ROOT", tmp_path / "calibration")
+    monkeypatch.setattr(search_mod, "HEADS_ROOT", tmp_path / "heads")
+    monkeypatch.setattr(search_mod, "REPO_ROOT", tmp_path)
+    with pytest.raises(WorkbenchError, match="trees.calibrate"):
+        search("greedy", 8)
+    heads_dir = tmp_path / "heads" / search_mod.DEFAULT_HEADS_NAME
+    heads_dir.mkdir(parents=True)
+    pd.DataFrame({"head": [1, 1, 2, 2], "topk": [1, 2, 1, 2], "accuracy": [0.6, 0.8, 0.3, 0.4],
+                  "count": [100] * 4}).to_csv(heads_dir / "accuracy.csv", index=False)
+    r = search("greedy", 4)  # falls back to the heads' cumulative table
+    assert r.predicted_empirical is None and r.tree.paths == ((0,), (1,), (0, 0))
+    with pytest.raises(WorkbenchError, match="path statistics"):
+        search("empirical", 4)
+    cal = tmp_path / "calibration" / search_mod.DEFAULT_HEADS_NAME
+    cal.mkdir(parents=True)
+    df = ranks_frame(correlated_matrix(500, k=2))
+    marginals_from_ranks(df).to_frame().to_csv(cal / "accuracy.csv", index=False)
+    path_stats_from_ranks(df).to_frame().to_csv(cal / "paths.csv", index=False)
+    r = search("empirical", 4)  # the calibration wins, with its path statistics
+    assert r.predicted_empirical is not None and "calibration" in r.accuracy_source
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+@pytest.fixture()
+def calibration(tmp_path):
+    df = ranks_frame(correlated_matrix(2000, k=4, seed=3))
+    d = tmp_path / "cal"
+    d.mkdir()
+    marginals_from_ranks(df, 4).to_frame().to_csv(d / "accuracy.csv", index=False)
+    path_stats_from_ranks(df, 4).to_frame().to_csv(d / "paths.csv", index=False)
+    return d
+
+
+def test_cli_writes_tree_and_round_trips(calibration, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(search_mod, "DEFAULT_TREE_FILE", tmp_path / "default.json")
+    out = tmp_path / "t.json"
+    rc = run_cli(main, ["--budget", "16", "--method", "empirical", "--accuracy", str(calibration / "accuracy.csv"),
+                        "--out", str(out), "--plot", str(tmp_path / "t.png"), "--set-default"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "nodes per depth" in text and "width per depth" in text and "independence" in text and "empirical" in text
+    tree = Tree.load(out)
+    assert tree.node_budget == 16 and tree.meta["method"] == "empirical"
+    assert Tree.load(tmp_path / "default.json").paths == tree.paths
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    assert Tree.from_dict(json.loads(tree.to_json())) == tree
+    rc = run_cli(main, ["--budget", "16", "--method", "empirical", "--accuracy", str(calibration / "accuracy.csv"),
+                        "--out", str(tmp_path / "u.json"), "--format", "medusa_choices"])
+    choices = json.loads(capsys.readouterr().out)
+    assert rc == 0 and Tree.from_paths(choices).paths == tree.paths
+    (tmp_path / "bare.json").write_text(json.dumps(choices))
+    assert Tree.load(tmp_path / "bare.json").paths == tree.paths
+    assert preset("mc_sim_7b_63").node_budget == 64
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--budget", "0"], "node budget must be >= 1"),
+    (["--budget", "100000"], "exceeds the tree space"),
+    (["--budget", "8", "--method", "beam"], "unknown method"),
+    (["--budget", "abc"], "invalid int"),
+    (["--budget", "8", "--top-k", "2,x"], "--top-k"),
+    (["--budget", "8", "--format", "yaml"], "--format"),
+    (["--budget", "8", "--trials", "5"], "optuna only"),
+])
+def test_cli_bad_input_one_line_exit_2(calibration, capsys, args, match):
+    rc = run_cli(main, args + ["--accuracy", str(calibration / "accuracy.csv"), "--out", str(calibration / "x.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and match in err
+
+
+def test_cli_missing_or_malformed_accuracy_exit_2(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("head,rank0,accuracy\n1,0,0.5\n")
+    for acc in (str(tmp_path / "missing.csv"), str(bad)):
+        proc = subprocess.run([sys.executable, "-m", "trees.search", "--budget", "8", "--accuracy", acc,
+                               "--out", str(tmp_path / "t.json")], capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+
+
+# ---- Optuna -------------------------------------------------------------------------------------
+class LinearProfile:
+    """A synthetic latency profile: verify time grows linearly past 16 query tokens."""
+
+    device = "synthetic"
+
+    def verify_time(self, n_query: int, context: int = 512) -> float:
+        return 0.010 + 0.0005 * max(0, n_query - 16)
+
+
+def test_optuna_predicted_objective_and_shared_storage(calibration, tmp_path):
+    storage = tmp_path / "studies.db"
+    kw = dict(accuracy=str(calibration / "accuracy.csv"), profile=LinearProfile(), storage=str(storage),
+              study_name="s", min_budget=2)
+    r1 = search("optuna", 64, n_trials=15, **kw)
+    r2 = search("optuna", 64, n_trials=10, **kw)  # a second worker continues the same study
+    assert r2.tree.meta["trials"] == 25 and r1.tree.meta["trials"] == 15
+    assert r2.predicted_tokens_per_s >= r1.predicted_tokens_per_s
+    want = r2.predicted_empirical / LinearProfile().verify_time(r2.tree.node_budget)
+    assert r2.predicted_tokens_per_s == pytest.approx(want)
+    assert 2 <= r2.tree.node_budget <= 64
+    assert r2.tree.meta["study"] == "s" and r2.study_name == "s"
+    journal = search("optuna", 32, n_trials=5, accuracy=str(calibration / "accuracy.csv"),
+                     profile=LinearProfile(), storage=str(tmp_path / "j.log"), study_name="j")
+    assert journal.tree.meta["trials"] == 5 and (tmp_path / "j.log").stat().st_size > 0
+    with pytest.raises(WorkbenchError, match="storage"):
+        open_storage(str(tmp_path / "x.txt"))
+
+
+def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch):
+    rows = [{"device_slug": "cpu-x", "device": "x", "backbone": "b", "dtype": "float32", "context": c,
+             "n_query": n, "median_s": 0.01 + 0.0004 * n + c * 1e-6, "floor_s": 0.005}
+            for c in (128, 512) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
+    pd.DataFrame(rows).to_csv(tmp_path / "cpu-x.csv", index=False)
+    monkeypatch.setattr(search_mod, "DEFAULT_TREE_FILE", tmp_path / "default.json")
+    rc = run_cli(main, ["--method", "optuna", "--budget", "64", "--trials", "12", "--accuracy",
+                        str(calibration / "accuracy.csv"), "--latency", str(tmp_path / "cpu-x.csv"),
+                        "--storage", str(tmp_path / "o.db"), "--out", str(tmp_path / "o.json"), "--set-default"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "predicted tokens/s" in out
+    assert Tree.load(tmp_path / "default.json").meta["method"] == "optuna"
+
+
+def test_optuna_measured_typical_multi_objective_on_tiny_model(tiny, tmp_path):
+    from medusa.heads import HeadsConfig, MedusaHeads
+    from trees.validate import MeasuredAcceptance
+
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
+    evaluator = MeasuredAcceptance(tiny, heads, prompts=[[1, 5, 9, 12], [3, 4]], max_new_tokens=12,
+                                   temperature=0.8)
+    acc = accuracy_frame([[0.5, 0.2, 0.1], [0.3, 0.2, 0.1]])
+    r = search("optuna", 8, acc, profile=LinearProfile(), n_trials=4, evaluator=evaluator,
+               multi_objective=True, storage=str(tmp_path / "m.db"), study_name="m")
+    assert len(r.pareto) >= 1 and all(len(p.values) == 2 for p in r.pareto)
+    assert all(np.isfinite(p.values[1]) and p.values[1] <= 0 for p in r.pareto)  # mean log-prob
+    assert {"posterior_threshold", "posterior_alpha", "node_budget"} <= set(r.pareto[0].params)
+    assert r.tree.node_budget <= 8
+    with pytest.raises(WorkbenchError, match="multi-objective"):
+        search("optuna", 8, acc, profile=LinearProfile(), n_trials=1, multi_objective=True,
+               storage=str(tmp_path / "m2.db"))
+
+
+def test_resolve_accuracy_uses_paths_beside_the_file(calibration):
+    inputs = resolve_accuracy(str(calibration / "accuracy.csv"))
+    assert inputs.stats is not None and inputs.marginals.num_heads == 4
+
+
+# ---- validation helpers -------------------------------------------------------------------------
+def test_best_dense_and_validation_trees(calibration):
+    from trees.validate import best_dense, validation_trees
+
+    inputs = resolve_accuracy(str(calibration / "accuracy.csv"))
+    dn = best_dense(64, inputs.stats, 4, 4)
+    assert dn.name.startswith("dense_") and dn.node_budget <= 64
+    # no dense tree of at most 64 nodes is predicted better (exhaustive over widths)
+    for depth in range(1, 5):
+        for widths in itertools.product(range(1, 5), repeat=depth):
+            t = dense(list(widths))
+            if t.node_budget <= 64:
+                assert expected_tokens(t, inputs.stats) <= expected_tokens(dn, inputs.stats) + 1e-12
+    kinds = [k for k, _ in validation_trees(inputs, 64)]
+    assert kinds == ["greedy", "empirical", "dense", "chain"]  # mc_sim_7b_63 needs top-10 ranks
+
+
+def test_measure_tree_with_oracle_heads(tiny):
+    from medusa.testing import OracleProposer, greedy_reference
+    from trees.tree import chain
+    from trees.validate import measure_tree
+
+    ids = [1, 5, 9, 12]
+    oracle = OracleProposer(ids + greedy_reference(tiny, ids, 30), num_heads=3, vocab_size=tiny.vocab_size)
+    m = measure_tree(tiny, oracle, chain(3), [ids], max_new_tokens=30, quality=True)
+    assert m.accepted_length > 3.0 and m.steps >= 7 and m.quality <= 0
+    base = measure_tree(tiny, None, preset("root"), [ids], max_new_tokens=30)
+    assert base.accepted_length == 1.0

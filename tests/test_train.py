@@ -1,0 +1,257 @@
+"""Medusa-1/2 training on a tiny random Llama: loss pieces, learning a toy language, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+import medusa.train as T
+import medusa.train_stage2 as T2
+from medusa.heads import load_heads
+from medusa.testing import tiny_backbone
+
+
+def toy_records(n: int, seed: int, length: int = 40, prompt: int = 4) -> list[str]:
+    """A deterministic language: each token is the previous one + 3 (mod 16), offset by 1."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        start = int(rng.integers(0, 16))
+        ids = [(start + 3 * j) % 16 + 1 for j in range(length)]
+        out.append(json.dumps({"key": f"s{seed}-{i}", "ids": ids, "spans": [[prompt, length]]}))
+    return out
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> dict[str, Path]:
+    for name, n, seed in (("train", 64, 0), ("eval", 8, 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shard-00000.jsonl").write_text("\n".join(toy_records(n, seed)) + "\n")
+    return {"train": tmp_path / "train", "eval": tmp_path / "eval", "root": tmp_path}
+
+
+@pytest.fixture
+def backbone():
+    bb = tiny_backbone()
+    with mock.patch.object(T, "load_backbone", lambda *a, **k: bb), \
+            mock.patch.object(T2, "load_backbone", lambda *a, **k: tiny_backbone()):
+        yield bb
+
+
+def config(toy: dict[str, Path], out: str = "out", **kw) -> T.TrainConfig:
+    base = dict(data=str(toy["train"]), eval_data=str(toy["eval"]), out=str(toy["root"] / out), steps=300,
+                batch_size=64, lr=1e-2, num_layers=2, eval_every=300, save_every=1000,
+                cache_root=str(toy["root"] / "cache"))
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def test_head_weights_are_decay_to_the_k():
+    assert torch.allclose(T.head_weights(4, 0.8), torch.tensor([0.8, 0.64, 0.512, 0.4096]))
+
+
+def test_head_targets_score_head_k_at_t_against_token_t_plus_k_plus_1():
+    ids = [100, 101, 102, 103, 104, 105, 106, 107]
+    pos, tgt = T.head_targets(ids, [(3, 8)], num_heads=3)
+    # rows: t whose t+k+1 lands in the generated span [3, 8) for some k in 1..3
+    assert pos.tolist() == [0, 1, 2, 3, 4, 5]
+    ign = T.IGNORE
+    assert tgt.tolist() == [
+        [ign, 103, 104],  # t=0: head1 -> t+2=2 (prompt, ignored), head2 -> 3, head3 -> 4
+        [103, 104, 105],
+        [104, 105, 106],
+        [105, 106, 107],
+        [106, 107, ign],
+        [107, ign, ign],
+    ]
+
+
+def test_medusa_loss_is_weighted_sum_of_per_head_cross_entropy():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 5, 8)
+    proj = torch.nn.Linear(8, 11, bias=False)
+    targets = torch.randint(0, 11, (5, 3))
+    targets[0, 2] = T.IGNORE
+    weights = T.head_weights(3)
+    total, per = T.medusa_loss(feats, targets, lambda k, x: proj(x), weights)
+    expected = []
+    for k in range(3):
+        keep = targets[:, k] != T.IGNORE
+        expected.append(torch.nn.functional.cross_entropy(proj(feats[k][keep]), targets[keep, k]))
+    expected = torch.stack(expected)
+    assert torch.allclose(per, expected)
+    assert torch.allclose(total, (expected * weights).sum())
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    lrs = [T.cosine_lr(s, 100, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert T.cosine_lr(100, 100, 10) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("projection,layers", [("shared", 2), ("own", 1)])
+def test_tiny_heads_learn_a_deterministic_toy_language(toy, backbone, projection, layers):
+    rec = T.train_stage1(config(toy, lm_projection=projection, num_layers=layers), progress=False)
+    assert min(rec["top1_accuracy_by_head"].values()) >= 0.95
+    acc = (toy["root"] / "out" / "accuracy.csv").read_text().splitlines()
+    assert acc[0] == "head,topk,accuracy,count" and len(acc) == 1 + 4 * 10
+
+
+def test_sampled_vocab_training_still_learns(toy, backbone):
+    rec = T.train_stage1(config(toy, train_vocab="seen", negatives=32), progress=False)
+    assert rec["train_vocab_size"] == 16
+    assert min(rec["top1_accuracy_by_head"].values()) >= 0.95
+
+
+def test_save_load_round_trip_keeps_weights_and_record(toy, backbone):
+    T.train_stage1(config(toy, steps=30), progress=False)
+    out = toy["root"] / "out"
+    heads = load_heads(out, backbone)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["stage"] == 1 and cfg["num_layers"] == 2
+    record = json.loads((out / "training_record.json").read_text())
+    assert record["train_data"]["samples"] == 64
+    h = torch.randn(3, backbone.hidden_size)
+    again = load_heads(out, backbone)
+    assert torch.equal(heads(h), again(h))
+    assert not (out / "checkpoint").exists()
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(toy, backbone):
+    kw = dict(steps=40, save_every=20, eval_every=40)
+    T.train_stage1(config(toy, "straight", **kw), progress=False)
+    real = T.batch_indices
+
+    def interrupt(rows, batch_size, step, seed):
+        if step == 30:
+            raise KeyboardInterrupt
+        return real(rows, batch_size, step, seed)
+
+    with mock.patch.object(T, "batch_indices", interrupt), pytest.raises(KeyboardInterrupt):
+        T.train_stage1(config(toy, "resumed", **kw), progress=False)
+    assert (toy["root"] / "resumed" / "checkpoint" / "progress.json").is_file()
+    assert not (toy["root"] / "resumed" / "heads.safetensors").exists()
+    rec = T.train_stage1(config(toy, "resumed", **kw), progress=False)
+    assert rec["resumed_from_step"] == 20
+    a = load_heads(toy["root"] / "straight", backbone).state_dict()
+    b = load_heads(toy["root"] / "resumed", backbone).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    losses = (toy["root"] / "resumed" / "loss.csv").read_text().splitlines()
+    assert len(losses) == 1 + 40
+
+
+# ---- Medusa-2 ---------------------------------------------------------------------------------
+def stage2_config(toy: dict[str, Path], **kw) -> T2.Stage2Config:
+    base = dict(data=str(toy["train"]), eval_data=str(toy["eval"]), out=str(toy["root"] / "m2"), steps=6,
+                batch_size=2, heads_warmup=2, lambda_ramp=2, eval_samples=4, drift_prompts=2, drift_tokens=8)
+    base.update(kw)
+    return T2.Stage2Config(**base)
+
+
+def test_stage2_param_groups_and_frozen_parts(toy):
+    cfg = stage2_config(toy, lr=1e-4, heads_lr_mult=4.0)
+    model = T2.build(cfg, tiny_backbone())
+    groups = T2.param_groups(model, cfg.lr, cfg.heads_lr_mult, 0.0)
+    assert [g["name"] for g in groups] == ["backbone", "heads"]
+    assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == pytest.approx(4e-4)
+    lora = {id(p) for n, p in model.model.named_parameters() if "lora_" in n}
+    assert {id(p) for p in groups[0]["params"]} == lora
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.heads.parameters()}
+    frozen = {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" in n}
+    opt = torch.optim.AdamW(groups)
+    batch = T2.make_batch(T.read_samples(toy["train"], limit=2), 4, 64, torch.device("cpu"))
+    args = (batch["ids"], batch["mask"], batch["next_rows"], batch["head_rows"], batch["head_tgt"])
+    # heads-only warm-up: no backbone parameter moves
+    bb, med, _ = model(*args, heads_only=True)
+    med.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert all(torch.equal(p, lora_before[n]) for n, p in model.model.named_parameters() if "lora_" in n)
+    # joint step: LoRA moves (B starts at zero, so A's first step is zero: check B), base weights stay
+    bb, med, _ = model(*args, heads_only=False)
+    (bb + 0.2 * med).backward()
+    opt.step()
+    assert any(not torch.equal(p, lora_before[n]) for n, p in model.model.named_parameters() if "lora_B" in n)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.model.named_parameters() if "lora_" not in n)
+
+
+def test_lambda_schedule_warmup_then_ramp(toy):
+    cfg = stage2_config(toy, heads_warmup=3, lambda_ramp=4, lambda0=0.2)
+    assert [T2.lambda_at(s, cfg) for s in range(3)] == [0.0, 0.0, 0.0]
+    assert T2.lambda_at(3, cfg) == pytest.approx(0.05) and T2.lambda_at(6, cfg) == pytest.approx(0.2)
+    assert T2.lambda_at(50, cfg) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_stage2_runs_and_records_drift(toy, backbone, full):
+    rec = T2.train(stage2_config(toy, lora=not full), progress=False)
+    out = toy["root"] / "m2"
+    assert (out / "heads" / "heads.safetensors").is_file()
+    assert (out / ("backbone" if full else "merged") / "config.json").is_file()
+    drift = json.loads((out / "drift.json").read_text())
+    assert 0.0 <= drift["teacher_forced_top1_agreement"] <= 1.0
+    assert set(rec["top1_accuracy_by_head"]) == {1, 2, 3, 4}
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def cli(toy, *extra: str) -> list[str]:
+    return ["--stage", "1", "--data", str(toy["train"]), "--out", str(toy["root"] / "cli"), "--steps", "5",
+            "--cache-root", str(toy["root"] / "cache"), "--quiet", *extra]
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    from medusa.errors import run_cli
+
+    rc = run_cli(T.main, argv)
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_cli_trains(toy, backbone, capsys):
+    rc, err = run_main(cli(toy, "--eval-data", str(toy["eval"])), capsys)
+    assert rc == 0, err
+    assert (toy["root"] / "cli" / "heads.safetensors").is_file()
+
+
+@pytest.mark.parametrize("content,needle", [("", "no distilled records"), ("{not json\n", "not a distilled record"),
+                                            ('{"ids": [1, 2], "spans": [[1, 9]]}\n', "spans outside")])
+def test_bad_data_file_is_one_line_and_writes_nothing(toy, backbone, capsys, content, needle):
+    (toy["train"] / "shard-00000.jsonl").write_text(content)
+    rc, err = run_main(cli(toy), capsys)
+    assert rc == 2 and err.startswith("error: ") and needle in err and "\n" not in err
+    assert not (toy["root"] / "cli" / "heads.safetensors").exists()
+
+
+def test_missing_data_folder(toy, backbone, capsys):
+    rc, err = run_main(["--stage", "1", "--data", str(toy["root"] / "nope"), "--out", str(toy["root"] / "cli")], capsys)
+    assert rc == 2 and "not found" in err
+
+
+def test_heads_for_another_backbone_are_refused(toy, backbone, capsys):
+    other = tiny_backbone(hidden_size=48)
+    T.MedusaHeads.for_backbone(other).save(toy["root"] / "other-heads")
+    rc, err = run_main(cli(toy, "--init-heads", str(toy["root"] / "other-heads")), capsys)
+    assert rc == 2 and "were trained for" in err
+    assert not (toy["root"] / "cli" / "heads.safetensors").exists()
+
+
+def test_data_distilled_by_another_backbone_is_refused(toy, backbone, capsys):
+    other = tiny_backbone(hidden_size=48)
+    (toy["train"] / "run.json").write_text(json.dumps({"backbone": other.identity.to_dict()}))
+    rc, err = run_main(cli(toy), capsys)
+    assert rc == 2 and "was distilled with" in err
+
+
+def test_unwritable_output_folder(toy, backbone, capsys):
+    blocker = toy["root"] / "a-file"
+    blocker.write_text("x")
+    argv = cli(toy)
+    argv[argv.index("--out") + 1] = str(blocker / "sub")
+    rc, err = run_main(argv, capsys)
+    assert rc == 2 and "cannot write" in err

@@ -1,0 +1,365 @@
+"""Head accuracy calibration: where each head ranks the true future token, on held-out prompts.
+
+For each calibration prompt (the `calibration` split of `medusa.data`, never used to train heads)
+the backbone decodes greedily (the engine with the root-only tree, i.e. plain decoding); then ONE
+teacher-forced forward over prompt + output gives the last hidden state at every position at once.
+At output position t (the token the base model adds there is the step's root), head k (1-based)
+proposes the token k places past the root; its rank in that head's top-R list is recorded (0-based,
+-1 when absent). Under greedy acceptance this is exactly what decides which tree nodes a step
+accepts, so the path statistics below predict the engine's accepted length. Only positions where
+every head has a true future token are kept.
+
+Outputs (in ``results/calibration/<heads name>/``, each written atomically):
+
+- ``ranks.parquet``: tidy ranks table ``prompt, position, head, rank0`` (rewritten after every
+  prompt, so an interrupted run keeps its work and ``--resume`` continues it);
+- ``accuracy.csv``: ``head, rank0, accuracy, count``, ``a_k(i) = P(rank of head k == i)``, with a
+  ``rank0 == -1`` row per head for "not in the top R";
+- ``paths.csv``: ``path, depth, count, fraction`` for every observed rank-path prefix ("0-1-0");
+  the empty path (depth 0) counts all positions;
+- ``holdout.csv``: both acceptance models fitted on half the prompts, scored on the other half;
+- ``calibration.json``: what was run (backbone, heads fingerprint, prompts, settings, timings).
+
+Usage::
+
+    python -m trees.calibrate                                  # shipped heads, 60 prompts x 128 tokens
+    python -m trees.calibrate --prompts 80 --max-new-tokens 128 --top-r 10
+    python -m trees.calibrate --heads results/heads/mine --out results/calibration/mine
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from medusa.backbone import DEFAULT_BACKBONE, Backbone
+from medusa.decode import DecodeConfig, generate
+from medusa.errors import WorkbenchError, run_cli
+from trees.acceptance_model import (
+    RANKS_COLUMNS,
+    holdout_evaluation,
+    marginals_from_ranks,
+    path_stats_from_ranks,
+)
+from trees.search import CALIBRATION_ROOT, _Parser
+from trees.tree import Tree, preset
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What a calibration run decodes; each default is defined here only."""
+
+    prompts: int = 60
+    max_new_tokens: int = 128
+    top_r: int = 10
+    source: str = "sharegpt"
+    split: str = "calibration"
+
+    def __post_init__(self) -> None:
+        if self.prompts < 1:
+            raise WorkbenchError(f"prompts must be >= 1, got {self.prompts}")
+        if self.max_new_tokens < 2:
+            raise WorkbenchError(f"max_new_tokens must be >= 2, got {self.max_new_tokens}")
+        if self.top_r < 1:
+            raise WorkbenchError(f"top_r must be >= 1, got {self.top_r}")
+
+
+# ---- the measurement ----------------------------------------------------------------------------
+def greedy_continuation(
+    backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: int, heads: Any = None, tree: Tree | None = None
+) -> list[int]:
+    """The base model's greedy output (EOS included when hit), decoded by the engine.
+
+    With the root-only tree (default) this is plain greedy decoding; a Medusa tree with `heads`
+    gives the same tokens (greedy acceptance is lossless), only faster.
+    """
+    tree = tree or preset("root")
+    result = generate(backbone, heads if tree.depth else None, tree, prompt_ids,
+                      DecodeConfig(max_new_tokens=max_new_tokens, time_phases=False))
+    return result.output_ids
+
+
+@torch.inference_mode()
+def batched_greedy(backbone: Backbone, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy outputs of several prompts in one left-padded transformers `generate` call.
+
+    Decoding is memory-bound on a CPU, so a batch costs little more than one prompt. Padding can
+    flip a near-tie argmax in rare cases; the ranks stay exact for the text that was decoded.
+    """
+    eos = list(backbone.eos_token_ids)
+    pad = backbone.config.pad_token_id
+    pad = int(pad if pad is not None else (eos[0] if eos else 0))
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p))
+        mask[i, width - len(p):] = 1
+    out = backbone.model.generate(
+        ids.to(backbone.device), attention_mask=mask.to(backbone.device), max_new_tokens=max_new_tokens,
+        do_sample=False, eos_token_id=eos or None, pad_token_id=pad,
+    )
+    results = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
+        results.append(row[:cut])
+    return results
+
+
+@torch.inference_mode()
+def hidden_states(backbone: Backbone, ids: Sequence[int]) -> torch.Tensor:
+    """Last (post-norm) hidden state at every position of `ids`: (L, H), one causal forward."""
+    x = torch.tensor([list(ids)], device=backbone.device)
+    return backbone.model.base_model(input_ids=x).last_hidden_state[0]
+
+
+@torch.inference_mode()
+def head_topk(heads: Any, hidden: torch.Tensor, ids: Sequence[int], first: int, top_r: int) -> torch.Tensor:
+    """Top-`top_r` token ids of every head at positions first..L-1 of `hidden`: (K, T, R).
+
+    Batched through the heads' forward when they are an `nn.Module` (MedusaHeads); any other
+    proposer (`medusa.decode.Proposer`) is asked position by position, with the token ids it would
+    see in the engine (everything up to and including the pending root).
+    """
+    if isinstance(heads, torch.nn.Module):
+        logits = heads(hidden[first:])  # (K, T, V)
+        return torch.topk(logits.float(), top_r, dim=-1).indices
+    rows = [heads.propose(hidden[j], list(ids[: j + 2]), top_r) for j in range(first, hidden.shape[0])]
+    return torch.stack(rows, dim=1)
+
+
+def ranks_of(topk: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank (0-based) of each target in its top-R row, -1 when absent: (K, T, R), (K, T) -> (K, T)."""
+    hit = topk == targets[..., None]
+    return torch.where(hit.any(-1), hit.int().argmax(-1), torch.full_like(targets, -1))
+
+
+@torch.inference_mode()
+def prompt_ranks(
+    backbone: Backbone, heads: Any, prompt_ids: Sequence[int], output_ids: Sequence[int], top_r: int
+) -> pd.DataFrame:
+    """Ranks table of one decoded prompt (prompt column left empty for the caller to fill)."""
+    k = int(heads.num_heads)
+    ids = list(prompt_ids) + list(output_ids)
+    p, n = len(prompt_ids), len(ids)
+    # Hidden at j predicts the root ids[j+1]; head h targets ids[j+1+h]. Keep j with j+1+K <= n-1.
+    first, last = p - 1, n - 2 - k
+    if last < first:
+        return pd.DataFrame(columns=RANKS_COLUMNS)
+    hidden = hidden_states(backbone, ids[: last + 1])  # positions past `last` are never needed
+    topk = head_topk(heads, hidden, ids, first, top_r)  # (K, T, R)
+    t = last - first + 1
+    ids_t = torch.tensor(ids, device=topk.device)
+    js = torch.arange(first, last + 1, device=topk.device)
+    targets = torch.stack([ids_t[js + 1 + h] for h in range(1, k + 1)])  # (K, T)
+    r = ranks_of(topk[:, :t], targets).cpu()
+    return pd.DataFrame({
+        "prompt": "",
+        "position": torch.arange(t).repeat(k).numpy(),
+        "head": torch.arange(1, k + 1).repeat_interleave(t).numpy(),
+        "rank0": r.reshape(-1).numpy(),
+    })
+
+
+def collect_ranks(
+    backbone: Backbone,
+    heads: Any,
+    prompts: Sequence[tuple[str, Sequence[int]]],
+    max_new_tokens: int,
+    top_r: int,
+    done: pd.DataFrame | None = None,
+    on_prompt: Callable[[pd.DataFrame], None] | None = None,
+    progress: bool = False,
+    decode_tree: Tree | None = None,
+    batch_size: int = 1,
+) -> pd.DataFrame:
+    """Ranks table over (prompt name, prompt ids) pairs; `done` rows are kept and their prompts skipped.
+
+    Greedy text comes from the engine one prompt at a time (`batch_size` 1; `decode_tree` only
+    speeds it up, see `greedy_continuation`) or from batched `generate` (`batch_size` > 1).
+    `on_prompt(table so far)` runs after every prompt (the CLI uses it to checkpoint the table).
+    """
+    if top_r > backbone.vocab_size:
+        raise WorkbenchError(f"top_r {top_r} exceeds the vocabulary ({backbone.vocab_size})")
+    if batch_size < 1:
+        raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
+    parts = [done] if done is not None and not done.empty else []
+    seen = set(done["prompt"].astype(str)) if done is not None and not done.empty else set()
+    todo = [(str(name), ids) for name, ids in prompts if str(name) not in seen]
+    t0 = time.perf_counter()
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start: start + batch_size]
+        if batch_size == 1:
+            outs = [greedy_continuation(backbone, chunk[0][1], max_new_tokens, heads, decode_tree)]
+        else:
+            outs = batched_greedy(backbone, [ids for _, ids in chunk], max_new_tokens)
+        for j, ((name, ids), out) in enumerate(zip(chunk, outs)):
+            part = prompt_ranks(backbone, heads, ids, out, top_r)
+            part["prompt"] = name
+            parts.append(part)
+            if progress:
+                print(f"  prompt {start + j + 1}/{len(todo)}: {len(out)} tokens, "
+                      f"{len(part) // max(heads.num_heads, 1)} positions ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr)
+        if on_prompt is not None:
+            on_prompt(pd.concat(parts, ignore_index=True)[RANKS_COLUMNS])
+    if not parts:
+        raise WorkbenchError("calibration produced no positions (prompts too short to score every head)")
+    table = pd.concat(parts, ignore_index=True)[RANKS_COLUMNS]
+    return table.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64"})
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write via a temporary file in the same folder and rename (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_ranks(ranks: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        return atomic_write(path, lambda p: ranks.to_parquet(p, index=False))
+    return atomic_write(path, lambda p: ranks.to_csv(p, index=False))
+
+
+def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool = True) -> dict[str, Path]:
+    """Derive and write accuracy.csv, paths.csv (and holdout.csv) from a ranks table."""
+    acc = marginals_from_ranks(ranks, top_r)
+    stats = path_stats_from_ranks(ranks, top_r)
+    files = {
+        "accuracy": atomic_write(out_dir / "accuracy.csv", lambda p: acc.to_frame().to_csv(p, index=False)),
+        "paths": atomic_write(out_dir / "paths.csv", lambda p: stats.to_frame().to_csv(p, index=False)),
+    }
+    if holdout and ranks["prompt"].nunique() >= 2:
+        try:
+            table = holdout_evaluation(ranks, top_r=top_r)
+        except WorkbenchError:
+            table = None
+        if table is not None:
+            files["holdout"] = atomic_write(out_dir / "holdout.csv", lambda p: table.to_csv(p, index=False))
+    return files
+
+
+def file_fingerprint(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    from medusa.data import load_split
+    from medusa.generate import add_model_args, resolve_heads
+    from medusa.heads import DEFAULT_HEADS_DIR
+
+    d = CalibrationConfig()
+    p = _Parser(prog="python -m trees.calibrate", description=__doc__.split("\n")[0])
+    add_model_args(p)
+    p.add_argument("--prompts", type=int, default=d.prompts, help="number of calibration prompts")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--top-r", type=int, default=d.top_r, help="length of each head's ranked list")
+    p.add_argument("--source", default=d.source, help="prompt source (its calibration split is used)")
+    p.add_argument("--out", default=None, help="output folder (default results/calibration/<heads name>)")
+    p.add_argument("--ranks-format", default="parquet", help="parquet or csv")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing ranks table instead of resuming it")
+    p.add_argument("--decode-preset", default="root",
+                   help="tree that decodes the greedy text (root = plain decoding; a Medusa tree is lossless, faster)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="decode this many prompts at once with transformers generate (faster on CPU)")
+    args = p.parse_args(argv)
+    config = CalibrationConfig(args.prompts, args.max_new_tokens, args.top_r, args.source)
+    if args.ranks_format not in ("parquet", "csv"):
+        raise WorkbenchError(f"--ranks-format must be parquet or csv, got {args.ranks_format!r}")
+    decode_tree = preset(args.decode_preset)
+
+    from medusa.backbone import load_backbone
+
+    heads_dir = Path(args.heads) if args.heads else DEFAULT_HEADS_DIR
+    if not (heads_dir / "heads.safetensors").is_file():
+        raise WorkbenchError(f"no trained heads at {heads_dir} (train them with `python -m medusa.train`)")
+    out_dir = Path(args.out) if args.out else CALIBRATION_ROOT / heads_dir.name
+    ranks_path = out_dir / f"ranks.{args.ranks_format}"
+    heads_fp = file_fingerprint(heads_dir / "heads.safetensors")
+    meta_path = out_dir / "calibration.json"
+
+    backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, dtype=args.dtype, device=args.device)
+    heads = resolve_heads(backbone, str(heads_dir))
+    prompts = load_split(config.split, source=config.source, limit=config.prompts)
+    named = [(pr.id, backbone.chat_ids(pr.text)) for pr in prompts]
+
+    done = None
+    if ranks_path.is_file() and meta_path.is_file() and not args.fresh:
+        old = json.loads(meta_path.read_text())
+        same = (old.get("heads_fingerprint") == heads_fp and old.get("top_r") == config.top_r
+                and old.get("max_new_tokens") == config.max_new_tokens and old.get("source") == config.source)
+        if same:
+            from trees.acceptance_model import load_ranks
+
+            done = load_ranks(ranks_path)
+            done = done[done["prompt"].astype(str).isin({str(n) for n, _ in named})]
+            print(f"resuming: {done['prompt'].nunique()} prompts already in {ranks_path}", file=sys.stderr)
+
+    meta: dict[str, Any] = {
+        **asdict(config),
+        "backbone": backbone.name,
+        "heads": str(heads_dir),
+        "heads_fingerprint": heads_fp,
+        "num_heads": heads.num_heads,
+        "decode_tree": decode_tree.name,
+        "batch_size": args.batch_size,
+        "device": str(backbone.device),
+        "dtype": str(backbone.dtype).removeprefix("torch."),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": False,
+    }
+    atomic_write(meta_path, lambda q: q.write_text(json.dumps(meta, indent=1) + "\n"))
+    t0 = time.perf_counter()
+    ranks = collect_ranks(
+        backbone, heads, named, config.max_new_tokens, config.top_r, done,
+        on_prompt=lambda table: write_ranks(table, ranks_path), progress=True,
+        decode_tree=decode_tree, batch_size=args.batch_size,
+    )
+    write_ranks(ranks, ranks_path)
+    files = write_tables(ranks, out_dir, config.top_r)
+    positions = len(ranks) // heads.num_heads
+    meta.update({
+        "prompts_done": int(ranks["prompt"].nunique()),
+        "positions": positions,
+        "decode_s": time.perf_counter() - t0,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": True,
+    })
+    atomic_write(meta_path, lambda q: q.write_text(json.dumps(meta, indent=1) + "\n"))
+    acc = pd.read_csv(files["accuracy"])
+    top1 = acc[acc["rank0"] == 0].set_index("head")["accuracy"]
+    print(f"calibrated {heads_dir.name}: {meta['prompts_done']} prompts, {positions} positions; top-1 accuracy "
+          + ", ".join(f"head {h} {a:.3f}" for h, a in top1.items()))
+    for name, path in files.items():
+        print(f"  wrote {name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

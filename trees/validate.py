@@ -1,0 +1,273 @@
+"""Validate the acceptance models: predicted vs measured accepted length of real decoding.
+
+For trees from each search method (greedy, empirical, and the Optuna/default tree when present)
+and the presets at the same node budget (`mc_sim_7b_63`, the best dense tree that fits, the
+top-1 chain of all heads), decode held-out MT-Bench prompts with the engine (greedy acceptance)
+and compare the mean accepted length per step (root token included) with what the independence
+and empirical models fitted on the calibration prompts predict.
+
+Also home of `MeasuredAcceptance`, the engine-backed evaluator the Optuna search uses for typical
+acceptance (eps = posterior_threshold, delta = posterior_alpha): it reports the mean accepted
+length and a quality score, the mean log-probability per generated token under the backbone
+(higher = closer to what the base model itself would write).
+
+Usage::
+
+    python -m trees.validate                                  # 10 MT-Bench prompts x 96 tokens, budget 64
+    python -m trees.validate --prompts 20 --max-new-tokens 128 --budget 64 --tree results/trees/default.json
+
+Writes ``results/calibration/<heads name>/validation.csv`` (atomically, after every tree) with
+columns VALIDATION_COLUMNS and prints a Markdown table for LOG.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from medusa.acceptance import AcceptanceConfig
+from medusa.backbone import Backbone
+from medusa.decode import DecodeConfig, generate
+from medusa.errors import WorkbenchError, run_cli
+from trees.acceptance_model import Marginals, PathStats, expected_tokens
+from trees.calibrate import atomic_write
+from trees.search import (
+    DEFAULT_HEADS_NAME,
+    AccuracyInputs,
+    _Parser,
+    resolve_accuracy,
+    search_tree,
+)
+from trees.tree import DEFAULT_TREE_FILE, Tree, chain, dense, preset
+
+VALIDATION_COLUMNS = [
+    "tree", "kind", "node_budget", "depth", "nodes_per_depth", "predicted_independence",
+    "predicted_empirical", "measured_accepted_length", "error_independence", "error_empirical",
+    "steps", "new_tokens", "prompts", "max_new_tokens", "tokens_per_s", "verify_ms_per_step",
+]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Engine results of one tree over a prompt set."""
+
+    accepted_length: float  # mean tokens per step over all steps of all prompts, root included
+    quality: float  # mean log p(token) under the backbone (temperature 1) of the generated tokens
+    steps: int
+    new_tokens: int
+    wall_s: float
+    verify_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else float("nan")
+
+
+@torch.inference_mode()
+def mean_logprob(backbone: Backbone, prompt_ids: Sequence[int], output_ids: Sequence[int]) -> tuple[float, int]:
+    """(sum of log p(token | prefix) under the backbone over `output_ids`, number of tokens)."""
+    if not output_ids:
+        return 0.0, 0
+    ids = torch.tensor([list(prompt_ids) + list(output_ids)], device=backbone.device)
+    logits = backbone.model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].float()
+    logp = torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt_ids):, None])
+    return float(logp.sum()), len(output_ids)
+
+
+def measure_tree(
+    backbone: Backbone,
+    heads: Any,
+    tree: Tree,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    acceptance: AcceptanceConfig | None = None,
+    seed: int = 0,
+    quality: bool = False,
+) -> Measurement:
+    """Decode every prompt with `tree`; pool the per-step accepted lengths of all prompts."""
+    acceptance = acceptance or AcceptanceConfig()
+    config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=acceptance, seed=seed)
+    lengths: list[int] = []
+    new_tokens, wall, verify, lp_sum, lp_n = 0, 0.0, 0.0, 0.0, 0
+    for ids in prompts:
+        result = generate(backbone, heads, tree, ids, config)
+        lengths.extend(s.accepted_length for s in result.steps)
+        new_tokens += result.new_tokens
+        wall += result.wall_s
+        verify += sum(s.verify_s for s in result.steps)
+        if quality:
+            s, n = mean_logprob(backbone, ids, result.output_ids)
+            lp_sum, lp_n = lp_sum + s, lp_n + n
+    if not lengths:
+        raise WorkbenchError("no decoding steps were measured (max_new_tokens too small or prompts end at once)")
+    return Measurement(
+        accepted_length=sum(lengths) / len(lengths),
+        quality=lp_sum / lp_n if lp_n else float("nan"),
+        steps=len(lengths), new_tokens=new_tokens, wall_s=wall, verify_s=verify,
+    )
+
+
+@dataclass
+class MeasuredAcceptance:
+    """Optuna evaluator: measure a tree on calibration prompts with the engine.
+
+    `temperature > 0` means typical acceptance, and the search then also picks eps and delta.
+    """
+
+    backbone: Backbone
+    heads: Any
+    prompts: Sequence[Sequence[int]]
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def typical(self) -> bool:
+        return self.temperature > 0
+
+    def measure(self, tree: Tree, posterior_threshold: float | None = None,
+                posterior_alpha: float | None = None) -> Measurement:
+        d = AcceptanceConfig()
+        acceptance = AcceptanceConfig(
+            temperature=self.temperature,
+            posterior_threshold=d.posterior_threshold if posterior_threshold is None else posterior_threshold,
+            posterior_alpha=d.posterior_alpha if posterior_alpha is None else posterior_alpha,
+        )
+        return measure_tree(self.backbone, self.heads, tree, self.prompts, self.max_new_tokens,
+                            acceptance, self.seed, quality=True)
+
+
+# ---- which trees --------------------------------------------------------------------------------
+def best_dense(node_budget: int, model: Marginals | PathStats, num_heads: int, top_r: int) -> Tree | None:
+    """The dense tree (same width under every node of a depth) with at most `node_budget` nodes
+    that the model predicts best; None if not even a single node fits."""
+    best: tuple[float, Tree] | None = None
+    for depth in range(1, num_heads + 1):
+        for widths in itertools.product(range(1, top_r + 1), repeat=depth):
+            n, w = 0, 1
+            for x in widths:
+                w *= x
+                n += w
+            if n + 1 > node_budget:
+                continue
+            tree = dense(list(widths))
+            score = expected_tokens(tree, model)
+            if best is None or score > best[0] + 1e-12:
+                best = (score, tree)
+    return best[1] if best else None
+
+
+def validation_trees(
+    inputs: AccuracyInputs, node_budget: int, extra: Sequence[Tree] = ()
+) -> list[tuple[str, Tree]]:
+    """(kind, tree) pairs: searched trees, given trees, presets of the same budget."""
+    m, stats = inputs.marginals, inputs.stats
+    out: list[tuple[str, Tree]] = [("greedy", search_tree("greedy", node_budget, m, stats).tree)]
+    if stats is not None:
+        out.append(("empirical", search_tree("empirical", node_budget, m, stats).tree))
+    out.extend(("given", t) for t in extra)
+    mc = preset("mc_sim_7b_63")
+    if mc.node_budget <= node_budget and mc.depth <= m.num_heads and mc.top_k <= m.top_r:
+        out.append(("preset", mc))
+    dn = best_dense(node_budget, stats if stats is not None else m, m.num_heads, m.top_r)
+    if dn is not None:
+        out.append(("dense", dn))
+    out.append(("chain", chain(m.num_heads)))
+    return out
+
+
+def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurement,
+                   n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+    pi = expected_tokens(tree, inputs.marginals)
+    pe = expected_tokens(tree, inputs.stats) if inputs.stats is not None else float("nan")
+    a = meas.accepted_length
+    return {
+        "tree": tree.name, "kind": kind, "node_budget": tree.node_budget, "depth": tree.depth,
+        "nodes_per_depth": "-".join(map(str, tree.nodes_per_depth())),
+        "predicted_independence": pi, "predicted_empirical": pe, "measured_accepted_length": a,
+        "error_independence": (pi - a) / a, "error_empirical": (pe - a) / a,
+        "steps": meas.steps, "new_tokens": meas.new_tokens, "prompts": n_prompts,
+        "max_new_tokens": max_new_tokens, "tokens_per_s": meas.tokens_per_s,
+        "verify_ms_per_step": 1e3 * meas.verify_s / meas.steps,
+    }
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cols = ["tree", "node_budget", "predicted_independence", "predicted_empirical",
+            "measured_accepted_length", "error_independence", "error_empirical", "tokens_per_s"]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    body = ""
+    for _, r in table.iterrows():
+        cells = [str(r["tree"]), str(int(r["node_budget"]))] + [
+            f"{r[c]:.3f}" if not c.startswith("error") else f"{100 * r[c]:+.1f}%" for c in cols[2:-1]
+        ] + [f"{r['tokens_per_s']:.1f}"]
+        body += "| " + " | ".join(cells) + " |\n"
+    return head + body
+
+
+def mtbench_prompts(n: int) -> list[Any]:
+    """`n` MT-Bench first turns spread over the categories (every 80/n-th question)."""
+    from medusa.data import load_mtbench
+
+    allp = [p.first_turn() for p in load_mtbench()]
+    if n > len(allp):
+        raise WorkbenchError(f"MT-Bench has {len(allp)} questions, asked for {n}")
+    step = len(allp) / n
+    return [allp[int(i * step)] for i in range(n)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from medusa.backbone import DEFAULT_BACKBONE, load_backbone
+    from medusa.generate import add_model_args, resolve_heads
+    from trees.search import default_calibration_dir
+
+    p = _Parser(prog="python -m trees.validate", description=__doc__.split("\n")[0])
+    add_model_args(p)
+    p.add_argument("--budget", type=int, default=64)
+    p.add_argument("--prompts", type=int, default=10, help="MT-Bench prompts (first turns)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--accuracy", default=None, help="calibration accuracy.csv (paths.csv beside it)")
+    p.add_argument("--tree", action="append", default=[], help="extra tree JSON to validate (repeatable)")
+    p.add_argument("--out", default=None, help=f"CSV (default results/calibration/{DEFAULT_HEADS_NAME}/validation.csv)")
+    args = p.parse_args(argv)
+    if args.prompts < 1 or args.max_new_tokens < 2:
+        raise WorkbenchError("--prompts must be >= 1 and --max-new-tokens >= 2")
+
+    inputs = resolve_accuracy(args.accuracy)
+    extra = [Tree.load(t) for t in args.tree]
+    if not args.tree and DEFAULT_TREE_FILE.is_file():
+        extra.append(Tree.load(DEFAULT_TREE_FILE))
+    trees = validation_trees(inputs, args.budget, extra)
+    out = Path(args.out) if args.out else (inputs.calibration_dir or default_calibration_dir()) / "validation.csv"
+
+    backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, dtype=args.dtype, device=args.device)
+    heads = resolve_heads(backbone, args.heads)
+    for _, tree in trees:
+        tree.check_fits(heads.num_heads)
+    prompts = [backbone.chat_ids(pr.text) for pr in mtbench_prompts(args.prompts)]
+    rows = []
+    for kind, tree in trees:
+        t0 = time.perf_counter()
+        meas = measure_tree(backbone, heads, tree, prompts, args.max_new_tokens)
+        rows.append(validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens))
+        table = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
+        atomic_write(out, lambda q, t=table: t.to_csv(q, index=False))
+        r = rows[-1]
+        print(f"  {tree.name:24s} budget {tree.node_budget:4d}  measured {r['measured_accepted_length']:.3f}  "
+              f"indep {r['predicted_independence']:.3f}  emp {r['predicted_empirical']:.3f}  "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    print(markdown(pd.DataFrame(rows, columns=VALIDATION_COLUMNS)))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
