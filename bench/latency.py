@@ -262,8 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-queries", default=",".join(map(str, d.n_queries)))
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     p.add_argument("--out", default=None, help="CSV path (default results/latency/<device>.csv)")
     args = p.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise WorkbenchError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     if args.repeats < 1:
         raise WorkbenchError("--repeats must be >= 1")
     config = LatencyConfig(_ints(args.contexts), _ints(args.n_queries), args.repeats, args.warmup)

@@ -89,6 +89,7 @@ class BenchConfig:
     pld_tokens: int = 10
     pld_max_ngram: int = 2
     warmup_tokens: int = 16  # 0: no warm-up
+    compile: bool = False  # torch.compile the engine's verify forward (ar, medusa, medusa-typical)
     score_quality: bool = True
     progress: bool = True
 
@@ -193,6 +194,7 @@ def _identity(config: BenchConfig, backbone: Backbone, heads_name: str, tree: Tr
         "device": str(backbone.device),
         "dtype": str(backbone.dtype).removeprefix("torch."),
         "threads": threads,
+        "compile": config.compile,
     }
 
 
@@ -275,7 +277,7 @@ def run_benchmark(
     identity = _identity(config, backbone, heads_name, tree, threads)
     old, identity = check_identity(out_dir, identity)
     settings = MethodSettings(config.temperature, config.posterior_threshold, config.posterior_alpha,
-                              config.pld_tokens, config.pld_max_ngram)
+                              config.pld_tokens, config.pld_max_ngram, config.compile)
     context = MethodContext(backbone=backbone, settings=settings, heads=heads, heads_name=heads_name, tree=tree)
     methods = {name: build_method(name, context) for name in config.methods}
 
@@ -411,6 +413,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--pld-max-ngram", type=int, default=d.pld_max_ngram, help="hf-pld max_matching_ngram_size")
     p.add_argument("--warmup-tokens", type=int, default=d.warmup_tokens)
     p.add_argument("--no-quality", action="store_true", help="skip the log-likelihood scores")
+    p.add_argument("--compile", action="store_true", help="torch.compile the engine's verify forward")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     return BenchConfig(
@@ -420,7 +423,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         threads=a.threads, tree_file=a.tree, preset=a.preset, budget=a.budget, temperature=a.temperature,
         posterior_threshold=a.posterior_threshold, posterior_alpha=a.posterior_alpha, pld_tokens=a.pld_tokens,
         pld_max_ngram=a.pld_max_ngram, warmup_tokens=a.warmup_tokens, score_quality=not a.no_quality,
-        progress=not a.no_progress,
+        progress=not a.no_progress, compile=a.compile,
     )
 
 

@@ -12,6 +12,9 @@ Output folder::
     shard-00000.jsonl   one line per prompt: key (prompt hash), id, ids (prompt + answer),
                         spans ([[start, end)] of generated tokens in ids), stop ("eos"|"length")
 
+Several processes can answer disjoint blocks of the same split into separate folders
+(``--offset 1200 --limit 1200``); `medusa.train --data a,b` reads them together.
+
 Each shard is one batch, written atomically, so an interrupted run loses at most the batch in
 flight; running the same command again skips every prompt already answered (by prompt hash) and
 goes on. Raising ``--limit`` on a finished run adds more prompts. Settings that change the answers
@@ -33,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ class DistillConfig:
     source: str = "sharegpt"
     split: str = "train"
     limit: int | None = None
+    offset: int = 0
     max_prompt_tokens: int = 384
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -66,7 +70,7 @@ class DistillConfig:
     batch_size: int = 32
 
     # Fields that may differ between a run and its resumption.
-    RESUMABLE = ("limit", "batch_size")
+    RESUMABLE = ("limit", "offset", "batch_size")
 
     def answer_settings(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
@@ -96,6 +100,7 @@ class Sample:
     key: str
     ids: tuple[int, ...]
     spans: tuple[tuple[int, int], ...]
+    shard: str = field(default="", compare=False)  # the file it was read from
 
     @property
     def generated(self) -> int:
@@ -107,7 +112,16 @@ def iter_shards(directory: str | os.PathLike) -> Iterator[Path]:
 
 
 def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list[Sample]:
-    """All samples of a distilled folder (or a single .jsonl file), in shard order."""
+    """All samples of a distilled folder (or a .jsonl file; several joined by commas), in shard order."""
+    if "," in str(directory):
+        joined: list[Sample] = []
+        seen: set[str] = set()
+        for part in str(directory).split(","):
+            for s in read_samples(part):  # a prompt answered in two folders counts once
+                if s.key not in seen:
+                    seen.add(s.key)
+                    joined.append(s)
+        return joined[:limit] if limit is not None else joined
     path = Path(directory)
     if not path.exists():
         raise WorkbenchError(f"distilled data not found: {path}")
@@ -127,7 +141,7 @@ def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list
                 raise WorkbenchError(f"{f}:{lineno} is not a distilled record (needs ids and spans)") from None
             if any(not 0 <= s <= e <= len(ids) for s, e in spans):
                 raise WorkbenchError(f"{f}:{lineno} has spans outside its {len(ids)} ids")
-            out.append(Sample(str(rec.get("key", f"{f.name}:{lineno}")), ids, spans))
+            out.append(Sample(str(rec.get("key", f"{f.name}:{lineno}")), ids, spans, str(f)))
             if limit is not None and len(out) >= limit:
                 return out
     if not out:
@@ -191,12 +205,16 @@ def select_prompts(
     if config.split != "all":
         check_split(config.split)
     chosen: list[tuple[Prompt, list[int]]] = []
+    skipped = 0
     for p in load_prompts(config.source, report=report):
         if config.split != "all" and split_of(p.text) != config.split:
             continue
         ids = backbone.chat_ids(p.text)
         if len(ids) > config.max_prompt_tokens:
             report.skipped["prompt over max_prompt_tokens"] += 1
+            continue
+        if skipped < config.offset:
+            skipped += 1
             continue
         chosen.append((p, ids))
         if config.limit is not None and len(chosen) >= config.limit:
@@ -228,6 +246,7 @@ def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = 
         "backbone": backbone.identity.to_dict(),
         "settings": config.answer_settings(),
         "limit": config.limit,
+        "offset": config.offset,
         "prompts_selected": len(selected),
         "load_report": report.to_dict(),
         "started_at": started,
@@ -276,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--source", default=d.source, help="sharegpt, mtbench, gsm8k or a .jsonl of prompts")
     p.add_argument("--split", default=d.split, help="train, calibration, eval or all")
     p.add_argument("--limit", type=int, default=d.limit, help="number of prompts (default: all in the split)")
+    p.add_argument("--offset", type=int, default=d.offset,
+                   help="skip the first N selected prompts (e.g. a second process on the next block)")
     p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
@@ -292,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = DistillConfig(
-        backbone=args.backbone, dtype=args.dtype, source=args.source, split=args.split, limit=args.limit,
+        backbone=args.backbone, dtype=args.dtype, source=args.source, split=args.split, limit=args.limit, offset=args.offset,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
     )

@@ -9,11 +9,14 @@ targets of every head (`HiddenCache`); epochs then cost only the heads. Loss
 over positions whose target lies in a generated span; AdamW, cosine schedule with linear warmup.
 With the `shared` LM projection the 49152x576 projection is the backbone's frozen LM head: it needs
 no weight gradient, only the gradient to its input, and `--proj-dtype bfloat16` runs both products
-in bf16 (about 2x faster on a CPU with AVX512-BF16; the loss itself is fp32). The ResBlocks are
-cheap next to it, so extra `--layers` cost little.
+in bf16 (about 2x faster on a CPU with AVX512-BF16; the loss itself is fp32). `--train-vocab seen`
+shrinks it further: the training softmax runs over the tokens that occur as targets in the training
+data (a few thousand of the 49152) plus `--negatives` tokens resampled every step with the
+log(unseen/drawn) correction (sampled softmax); evaluation always uses the full vocabulary. The
+ResBlocks are cheap next to the projection, so extra `--layers` cost little.
 
-Every `--eval-every` steps the heads are scored on the held-out cache: per-head cumulative top-1..10
-accuracy (`accuracy_history.csv`: step, head, topk, accuracy, count; heads 1-based). The last
+Every `--eval-every` steps the heads are scored on (`--eval-rows` positions of) the held-out cache,
+and at the end on all of it (`--final-eval-rows`): per-head cumulative top-1..10 accuracy (`accuracy_history.csv`: step, head, topk, accuracy, count; heads 1-based). The last
 evaluation is `accuracy.csv`; the loss curve (total and per head) is `loss.csv`. The output folder
 receives heads.safetensors + config.json (training record under `training`), training_record.json
 and the prompt ids used (`prompts.txt`). A checkpoint (`<out>/checkpoint`, via accelerate) is saved
@@ -93,11 +96,13 @@ class TrainConfig:
     negatives: int = 4096
     eval_every: int = 250
     eval_rows: int = 8192
+    final_eval_rows: int | None = None
     save_every: int = 250
     seed: int = 0
     cache_root: str = str(DEFAULT_CACHE_ROOT)
     max_samples: int | None = None
     threads: int | None = None
+    cache_only: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "save_every", "eval_rows"):
@@ -260,8 +265,8 @@ def topk_accuracy(
 class HiddenCache:
     """Last hidden states (rows, H) fp16 and the targets of every head (rows, K), memory-mapped.
 
-    Stored as chunks of `CACHE_CHUNK` samples, each keyed by its content, so a distilled folder
-    that grew since the last run only caches its new chunks.
+    Stored in chunks (one per distilled shard), each keyed by its content, so a distilled folder
+    that grew since the last run only caches its new shards.
     """
 
     parts: list[tuple[np.ndarray, np.ndarray]]
@@ -300,6 +305,17 @@ def cache_key(backbone: Backbone, samples: Sequence[Sample], num_heads: int) -> 
     for s in samples:
         h.update(json.dumps([s.ids, s.spans]).encode())
     return h.hexdigest()[:20]
+
+
+def cache_chunks(samples: Sequence[Sample]) -> list[list[Sample]]:
+    """Consecutive samples of one shard file, at most CACHE_CHUNK each: shards never change once
+    written, so their chunks (and cache keys) stay valid while a distillation run goes on."""
+    chunks: list[list[Sample]] = []
+    for s in samples:
+        if not chunks or len(chunks[-1]) >= CACHE_CHUNK or chunks[-1][-1].shard != s.shard:
+            chunks.append([])
+        chunks[-1].append(s)
+    return chunks
 
 
 def _length_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -361,7 +377,7 @@ def build_cache(
         raise WorkbenchError("distilled data has no generated tokens to train on")
     root = Path(root)
     ensure_writable(root)
-    chunks = [samples[i : i + CACHE_CHUNK] for i in range(0, len(samples), CACHE_CHUNK)]
+    chunks = cache_chunks(samples)
     folders = [root / cache_key(backbone, c, num_heads) for c in chunks]
     todo = [(c, f) for c, f in zip(chunks, folders) if not (f / "meta.json").is_file()]
     t0 = time.perf_counter()
@@ -426,7 +442,7 @@ def git_commit() -> str:
 
 
 def data_summary(folder: str, samples: Sequence[Sample]) -> dict[str, Any]:
-    run = read_run(folder) if Path(folder).is_dir() else {}
+    runs = [read_run(part) if Path(part).is_dir() else {} for part in str(folder).split(",")]
     keys = sorted(s.key for s in samples)
     return {
         "path": str(folder),
@@ -434,18 +450,19 @@ def data_summary(folder: str, samples: Sequence[Sample]) -> dict[str, Any]:
         "tokens": int(sum(len(s.ids) for s in samples)),
         "generated_tokens": int(sum(s.generated for s in samples)),
         "prompt_keys_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
-        "distill_settings": run.get("settings", {}),
-        "distill_wall_s": run.get("wall_s"),
+        "distill_settings": runs[0].get("settings", {}),
+        "distill_wall_s": round(sum(float(r.get("wall_s") or 0.0) for r in runs), 1),
     }
 
 
 def check_data_fits(folder: str, backbone: Backbone) -> None:
     """Refuse distilled data whose run.json names a backbone with another tokenizer or shape."""
-    made_by = read_run(folder).get("backbone") if Path(folder).is_dir() else None
-    if made_by:
-        theirs = BackboneIdentity(**made_by)
-        if not theirs.matches(backbone.identity):
-            raise WorkbenchError(f"{folder} was distilled with {theirs.describe()}, not backbone {backbone.identity.describe()}")
+    for part in str(folder).split(","):
+        made_by = read_run(part).get("backbone") if Path(part).is_dir() else None
+        if made_by:
+            theirs = BackboneIdentity(**made_by)
+            if not theirs.matches(backbone.identity):
+                raise WorkbenchError(f"{part} was distilled with {theirs.describe()}, not backbone {backbone.identity.describe()}")
 
 
 def check_heads_fit(config: HeadsConfig, backbone: Backbone) -> None:
@@ -485,6 +502,10 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         eval_cache = (build_cache(backbone, eval_samples, config.num_heads, config.cache_root, progress=False)
                       if eval_samples else None)
         cache_s = time.perf_counter() - t0
+    if config.cache_only:
+        accelerator.print(f"cached {train_cache.rows} training rows ({train_cache.meta['chunks_built']} new chunks) "
+                          f"and {eval_cache.rows if eval_cache else 0} held-out rows in {cache_s:.0f} s")
+        return {}
 
     torch.manual_seed(config.seed)
     heads = load_heads(config.init_heads, backbone) if config.init_heads else MedusaHeads.for_backbone(backbone, heads_config)
@@ -501,7 +522,10 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                   weight_decay=config.weight_decay)
     warmup = int(config.warmup_ratio * config.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps, warmup))
-    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # The scheduler stays unprepared: every process takes a slice of one global batch, so it steps
+    # once per optimizer step (accelerate would step it once per process).
+    module, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     ckpt = out / "checkpoint"
     loss_rows: list[dict[str, Any]] = []
@@ -518,11 +542,13 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         accelerator.print(f"resuming from step {start_step}")
 
     eval_idx = eval_subset(eval_cache.rows, config.eval_rows, config.seed) if eval_cache else None
+    final_idx = (eval_subset(eval_cache.rows, config.final_eval_rows or eval_cache.rows, config.seed)
+                 if eval_cache else None)
 
     def evaluate(step: int) -> pd.DataFrame | None:
         if eval_cache is None or not accelerator.is_main_process:
             return None
-        h, tgt = eval_cache.batch(eval_idx)
+        h, tgt = eval_cache.batch(final_idx if step == config.steps else eval_idx)
         unwrapped = accelerator.unwrap_model(module).heads
         unwrapped.eval()
         df = topk_accuracy(unwrapped, h, tgt)
@@ -534,12 +560,13 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         return df
 
     def save_checkpoint(step: int) -> None:
-        accelerator.wait_for_everyone()
+        tmp = out / ".checkpoint.tmp"
         if accelerator.is_main_process:
-            tmp = out / ".checkpoint.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            accelerator.save_state(str(tmp / "state"))
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp / "state"))
+        if accelerator.is_main_process:
             acc = pd.concat(acc_frames, ignore_index=True).to_dict("records") if acc_frames else []
             (tmp / "progress.json").write_text(json.dumps(
                 {"step": step, "config": asdict(config), "loss": loss_rows, "accuracy": acc}))
@@ -592,6 +619,7 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
             "train_rows": train_cache.rows,
             "train_vocab_size": int(len(vocab)) if vocab is not None else heads.config.vocab_size,
             "eval_rows": int(len(eval_idx)) if eval_idx is not None else 0,
+            "final_eval_rows": int(len(final_idx)) if final_idx is not None else 0,
             "token_samples_seen": config.steps * config.batch_size,
             "epochs": round(config.steps * config.batch_size / train_cache.rows, 3),
             "top1_accuracy_by_head": top1,
@@ -622,7 +650,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     from medusa.train_stage2 import Stage2Config
 
     d = TrainConfig()
-    p.add_argument("--data", required=True, help="distilled folder (medusa.distill) or a .jsonl of records")
+    p.add_argument("--data", required=True, help="distilled folder(s) (medusa.distill; several joined by commas) or a .jsonl of records")
     p.add_argument("--eval-data", default=d.eval_data, help="held-out distilled folder for accuracy")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--backbone", default=d.backbone)
@@ -641,6 +669,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decay", type=float, default=d.decay, help="head k's loss weight is decay**k")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-rows", type=int, default=d.eval_rows, help="held-out positions scored per evaluation")
+    p.add_argument("--final-eval-rows", type=int, default=d.final_eval_rows, help="positions scored at the end (default: all)")
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-samples", type=int, default=d.max_samples, help="use only the first N distilled samples")
@@ -658,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-root", default=TrainConfig.cache_root, help="stage 1: hidden-state cache folder")
     p.add_argument("--train-vocab", default=TrainConfig.train_vocab, choices=TRAIN_VOCABS,
                    help="stage 1: softmax over the full vocabulary, or tokens seen as training targets + sampled negatives")
+    p.add_argument("--cache-only", action="store_true", help="stage 1: build the hidden-state caches and stop")
     p.add_argument("--negatives", type=int, default=TrainConfig.negatives, help="stage 1: negatives per step with --train-vocab seen")
     train_stage2.add_args(p)
     args = p.parse_args(argv)

@@ -317,8 +317,14 @@ def train(config: Stage2Config, progress: bool = True) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     dtype = parse_dtype(config.backbone_dtype, str(device))
     backbone = load_backbone(config.backbone, dtype=dtype, device=str(device))
-    train_samples = read_samples(config.data)
-    eval_samples = read_samples(config.eval_data, limit=config.eval_samples) if config.eval_data else []
+    # Sequences are cut at max_length; keep those with at least a few generated tokens inside it.
+    train_samples = [s for s in read_samples(config.data) if s.spans and s.spans[0][0] + 8 <= config.max_length]
+    if not train_samples:
+        raise WorkbenchError(f"no distilled sample has generated tokens within max_length {config.max_length}")
+    eval_samples = read_samples(config.eval_data) if config.eval_data else []
+    eval_samples = [s for s in eval_samples if s.spans and s.spans[0][0] + 8 <= config.max_length]
+    if len(eval_samples) > config.eval_samples:  # evenly spaced: shards are ordered by prompt length
+        eval_samples = [eval_samples[i] for i in np.linspace(0, len(eval_samples) - 1, config.eval_samples).astype(int)]
     for folder in (config.data, config.eval_data):
         if folder:
             check_data_fits(folder, backbone)
@@ -336,7 +342,7 @@ def train(config: Stage2Config, progress: bool = True) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(groups)
     warmup = int(config.warmup_ratio * config.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, config.steps, warmup))
-    wrapped, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)  # scheduler: once per step, see medusa.train
 
     world, rank = accelerator.num_processes, accelerator.process_index
     rng = np.random.default_rng(config.seed)
@@ -374,9 +380,9 @@ def train(config: Stage2Config, progress: bool = True) -> dict[str, Any]:
             h, t = hidden_rows(model.decoder(), eval_samples, model.heads.num_heads, config.max_length, device)
             after = topk_accuracy(model.heads, h.to(dtype), t)
             write_csv_atomic(after, out / "accuracy.csv")
-        tuned = model.model.merge_and_unload() if config.lora else model.model
         if config.lora:
-            model.model.save_pretrained(str(out / "adapter"))  # adapter files survive merging
+            model.model.save_pretrained(str(out / "adapter"))  # before merging, which removes the LoRA layers
+        tuned = model.model.merge_and_unload() if config.lora else model.model
         drift = None
         if eval_samples:
             original = load_backbone(config.backbone, dtype=dtype, device=str(device))

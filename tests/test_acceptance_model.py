@@ -8,6 +8,7 @@ import pytest
 
 from medusa.errors import WorkbenchError
 from trees.acceptance_model import (
+    HOLDOUT_COLUMNS,
     RANKS_COLUMNS,
     expected_tokens,
     holdout_evaluation,
@@ -20,6 +21,7 @@ from trees.acceptance_model import (
     path_stats_from_ranks,
     path_str,
     simulate_steps,
+    summarize_holdout,
 )
 from trees.tree import Tree, chain
 
@@ -134,7 +136,11 @@ def test_empirical_model_beats_independence_on_correlated_heads():
 def test_holdout_searches_trees_when_none_given():
     table = holdout_evaluation(ranks_frame(correlated_matrix(2000)), budgets=(4, 8))
     assert set(table["tree"]) == {"greedy_4", "empirical_4", "greedy_8", "empirical_8"}
-    assert set(table["fit_half"]) == {0, 1}
+    assert table["fold"].nunique() == 5 and list(table.columns) == HOLDOUT_COLUMNS
+    summary = summarize_holdout(table)
+    assert len(summary) == 4 and (summary["folds"] == 5).all()
+    assert (summary["pooled_error_empirical"].abs() < 0.03).all()
+    assert (summary["pooled_error_empirical"].abs() < summary["pooled_error_independence"].abs()).all()
 
 
 def test_simulate_steps_replays_greedy_engine():

@@ -259,6 +259,16 @@ def test_optuna_predicted_objective_and_shared_storage(calibration, tmp_path):
         open_storage(str(tmp_path / "x.txt"))
 
 
+def test_verify_times_are_made_monotone():
+    from trees.search import monotone_verify_times
+
+    class Dip:
+        def verify_time(self, n_query: int, context: int = 512) -> float:
+            return {1: 0.10, 2: 0.20, 3: 0.15, 4: 0.25}[n_query]
+
+    assert monotone_verify_times(Dip(), 4) == [0.10, 0.20, 0.20, 0.25]
+
+
 def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch):
     rows = [{"device_slug": "cpu-x", "device": "x", "backbone": "b", "dtype": "float32", "context": c,
              "n_query": n, "median_s": 0.01 + 0.0004 * n + c * 1e-6, "floor_s": 0.005}
@@ -325,3 +335,23 @@ def test_measure_tree_with_oracle_heads(tiny):
     assert m.accepted_length > 3.0 and m.steps >= 7 and m.quality <= 0
     base = measure_tree(tiny, None, preset("root"), [ids], max_new_tokens=30)
     assert base.accepted_length == 1.0
+
+
+def test_replay_matches_engine_on_tiny_model(tiny):
+    """The replayed accepted length equals the engine's for deterministic heads."""
+    import torch
+
+    from medusa.heads import HeadsConfig, MedusaHeads
+    from trees.calibrate import collect_ranks
+    from trees.validate import measure_tree, replay_accepted_length
+
+    torch.manual_seed(1)
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
+    prompts = [("a", [1, 5, 9, 12]), ("b", [7, 3])]
+    ranks = collect_ranks(tiny, heads, prompts, max_new_tokens=40, top_r=10)
+    tree = Tree.from_paths([(0,), (1,), (2,), (0, 0), (0, 1), (1, 0)])
+    replayed, steps = replay_accepted_length(ranks, tree)
+    engine = measure_tree(tiny, heads, tree, [ids for _, ids in prompts], max_new_tokens=40)
+    assert steps > 10 and replayed >= 1.0
+    # the engine also runs the last few positions the ranks table leaves out (no head targets there)
+    assert abs(replayed - engine.accepted_length) < 0.15

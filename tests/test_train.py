@@ -195,6 +195,8 @@ def test_stage2_runs_and_records_drift(toy, backbone, full):
     out = toy["root"] / "m2"
     assert (out / "heads" / "heads.safetensors").is_file()
     assert (out / ("backbone" if full else "merged") / "config.json").is_file()
+    if not full:
+        assert (out / "adapter" / "adapter_model.safetensors").stat().st_size > 10_000
     drift = json.loads((out / "drift.json").read_text())
     assert 0.0 <= drift["teacher_forced_top1_agreement"] <= 1.0
     assert set(rec["top1_accuracy_by_head"]) == {1, 2, 3, 4}
@@ -255,3 +257,12 @@ def test_unwritable_output_folder(toy, backbone, capsys):
     argv[argv.index("--out") + 1] = str(blocker / "sub")
     rc, err = run_main(argv, capsys)
     assert rc == 2 and "cannot write" in err
+
+
+def test_cli_stage2(toy, backbone, capsys):
+    argv = ["--stage", "2", "--data", str(toy["train"]), "--eval-data", str(toy["eval"]), "--out", str(toy["root"] / "m2cli"),
+            "--steps", "3", "--batch-size", "2", "--heads-warmup", "1", "--lambda-ramp", "1", "--eval-samples", "2", "--quiet"]
+    rc, err = run_main(argv, capsys)
+    assert rc == 0, err
+    record = json.loads((toy["root"] / "m2cli" / "training_record.json").read_text())
+    assert record["stage"] == 2 and record["config"]["steps"] == 3 and record["config"]["lora"] is True

@@ -384,9 +384,15 @@ def load_ranks(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def prompt_half(prompt: str, salt: str = "holdout") -> int:
-    """0 or 1: a deterministic hash split of calibration prompts into fitting and held-out halves."""
-    return int(hashlib.sha256(f"{salt}:{prompt}".encode()).hexdigest()[:8], 16) % 2
+def prompt_fold(prompt: str, folds: int, salt: str = "holdout") -> int:
+    """Fold (0..folds-1) of a calibration prompt: a deterministic hash of its name."""
+    return int(hashlib.sha256(f"{salt}:{prompt}".encode()).hexdigest()[:8], 16) % folds
+
+
+HOLDOUT_COLUMNS = [
+    "tree", "node_budget", "fold", "test_positions", "predicted_independence", "predicted_empirical",
+    "actual", "error_independence", "error_empirical",
+]
 
 
 def holdout_evaluation(
@@ -394,25 +400,28 @@ def holdout_evaluation(
     trees: Sequence[Tree] | None = None,
     budgets: Sequence[int] = (8, 16, 32, 64, 128),
     top_r: int | None = None,
+    folds: int = 5,
 ) -> pd.DataFrame:
-    """Fit both models on one half of the prompts, predict the other half, for several trees.
+    """Cross-validate both models by prompt: fit on all folds but one, predict the held-out fold.
 
-    The truth is the held-out half's own path frequencies (exact for greedy acceptance). When
-    `trees` is None, the greedy (independence-optimal) and empirical-optimal trees fitted on the
-    fitting half are used at each budget. Returns one row per (tree, direction) with columns
-    tree, node_budget, fit_half, predicted_independence, predicted_empirical, actual,
-    error_independence, error_empirical (relative errors, signed).
+    The truth is the held-out prompts' own path frequencies (exact for greedy acceptance). When
+    `trees` is None, the greedy (independence-optimal) and empirical-optimal trees searched on the
+    fitting folds are scored at each budget, so the empirical model pays for its own selection.
+    One row per (tree, fold), columns HOLDOUT_COLUMNS (errors relative and signed);
+    `summarize_holdout` pools the folds.
     """
     from trees.search import search_tree  # the search uses this module; import late
 
     check_ranks(ranks)
+    if folds < 2:
+        raise WorkbenchError(f"held-out evaluation needs at least 2 folds, got {folds}")
     top_r = int(top_r if top_r is not None else max(int(ranks["rank0"].max()) + 1, 1))
-    half = ranks["prompt"].astype(str).map(prompt_half)
-    if half.nunique() < 2:
-        raise WorkbenchError("held-out evaluation needs prompts in both halves (give more calibration prompts)")
+    fold_of = ranks["prompt"].astype(str).map(lambda p: prompt_fold(p, folds))
+    if fold_of.nunique() < 2:
+        raise WorkbenchError("held-out evaluation needs prompts in at least two folds (give more calibration prompts)")
     rows = []
-    for fit in (0, 1):
-        fit_ranks, test_ranks = ranks[half == fit], ranks[half != fit]
+    for fold in sorted(fold_of.unique()):
+        fit_ranks, test_ranks = ranks[fold_of != fold], ranks[fold_of == fold]
         acc = marginals_from_ranks(fit_ranks, top_r)
         stats = path_stats_from_ranks(fit_ranks, top_r)
         truth = path_stats_from_ranks(test_ranks, top_r)
@@ -427,8 +436,25 @@ def holdout_evaluation(
             actual = expected_tokens(tree, truth)
             pi, pe = expected_tokens(tree, acc), expected_tokens(tree, stats)
             rows.append({
-                "tree": tree.name, "node_budget": tree.node_budget, "fit_half": fit,
+                "tree": tree.name, "node_budget": tree.node_budget, "fold": int(fold),
+                "test_positions": truth.positions,
                 "predicted_independence": pi, "predicted_empirical": pe, "actual": actual,
                 "error_independence": (pi - actual) / actual, "error_empirical": (pe - actual) / actual,
             })
+    return pd.DataFrame(rows, columns=HOLDOUT_COLUMNS)
+
+
+def summarize_holdout(table: pd.DataFrame) -> pd.DataFrame:
+    """Per tree: position-weighted pooled prediction vs truth over folds, and mean |fold error|."""
+    rows = []
+    for (name, budget), g in table.groupby(["tree", "node_budget"], sort=False):
+        w = g["test_positions"].to_numpy(float)
+        actual = float((g["actual"] * w).sum() / w.sum())
+        row = {"tree": name, "node_budget": int(budget), "folds": len(g), "actual": actual}
+        for model in MODELS:
+            pred = float((g[f"predicted_{model}"] * w).sum() / w.sum())
+            row[f"predicted_{model}"] = pred
+            row[f"pooled_error_{model}"] = (pred - actual) / actual
+            row[f"mean_abs_fold_error_{model}"] = float(g[f"error_{model}"].abs().mean())
+        rows.append(row)
     return pd.DataFrame(rows)

@@ -53,7 +53,7 @@ from trees.acceptance_model import (
     marginals_from_ranks,
     path_stats_from_ranks,
 )
-from trees.search import CALIBRATION_ROOT, _Parser
+from trees.search import CALIBRATION_ROOT, _display, _Parser
 from trees.tree import Tree, preset
 
 
@@ -229,6 +229,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -286,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="ignore an existing ranks table instead of resuming it")
     p.add_argument("--decode-preset", default="root",
                    help="tree that decodes the greedy text (root = plain decoding; a Medusa tree is lossless, faster)")
+    p.add_argument("--derive-only", action="store_true",
+                   help="recompute accuracy/paths/holdout tables from the existing ranks table, decode nothing")
     p.add_argument("--batch-size", type=int, default=1,
                    help="decode this many prompts at once with transformers generate (faster on CPU)")
     args = p.parse_args(argv)
@@ -301,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise WorkbenchError(f"no trained heads at {heads_dir} (train them with `python -m medusa.train`)")
     out_dir = Path(args.out) if args.out else CALIBRATION_ROOT / heads_dir.name
     ranks_path = out_dir / f"ranks.{args.ranks_format}"
+    if args.derive_only:
+        from trees.acceptance_model import load_ranks
+
+        files = write_tables(load_ranks(ranks_path), out_dir, config.top_r)
+        report(files)
+        return 0
     heads_fp = file_fingerprint(heads_dir / "heads.safetensors")
     meta_path = out_dir / "calibration.json"
 
@@ -324,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         **asdict(config),
         "backbone": backbone.name,
-        "heads": str(heads_dir),
+        "heads": _display(heads_dir),
         "heads_fingerprint": heads_fp,
         "num_heads": heads.num_heads,
         "decode_tree": decode_tree.name,
@@ -352,13 +363,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete": True,
     })
     atomic_write(meta_path, lambda q: q.write_text(json.dumps(meta, indent=1) + "\n"))
+    print(f"calibrated {heads_dir.name}: {meta['prompts_done']} prompts, {positions} positions")
+    report(files)
+    return 0
+
+
+def report(files: dict[str, Path]) -> None:
+    """Print top-1 accuracy per head, the held-out summary and the files written."""
+    from trees.acceptance_model import summarize_holdout
+
     acc = pd.read_csv(files["accuracy"])
     top1 = acc[acc["rank0"] == 0].set_index("head")["accuracy"]
-    print(f"calibrated {heads_dir.name}: {meta['prompts_done']} prompts, {positions} positions; top-1 accuracy "
-          + ", ".join(f"head {h} {a:.3f}" for h, a in top1.items()))
+    print("  top-1 accuracy: " + ", ".join(f"head {h} {a:.3f}" for h, a in top1.items()))
+    if "holdout" in files:
+        summary = summarize_holdout(pd.read_csv(files["holdout"]))
+        print("  held-out (cross-validated by prompt) tokens per step, pooled error:")
+        for _, r in summary.iterrows():
+            print(f"    {r['tree']:14s} actual {r['actual']:.3f}  independence {100 * r['pooled_error_independence']:+.1f}%"
+                  f"  empirical {100 * r['pooled_error_empirical']:+.1f}%")
     for name, path in files.items():
         print(f"  wrote {name}: {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -176,9 +176,7 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def depth_caps(
-    marginals: Marginals, stats: PathStats | None, max_depth: int | None, top_k: TopK
-) -> list[int]:
+def depth_caps(marginals: Marginals, max_depth: int | None, top_k: TopK) -> list[int]:
     """Per-depth rank caps (list length = usable depth), checked against the accuracy table."""
     num_heads, top_r = marginals.num_heads, marginals.top_r
     if max_depth is not None:
@@ -290,7 +288,7 @@ def search_tree(
             "only a marginal accuracy table was given"
         )
     t0 = time.perf_counter()
-    caps = depth_caps(marginals, stats, max_depth, top_k)
+    caps = depth_caps(marginals, max_depth, top_k)
     check_budget(node_budget, caps)
     key = greedy_key(marginals) if method == "greedy" else empirical_key(marginals, stats)
     paths = best_paths(node_budget - 1, caps, key)
@@ -420,6 +418,19 @@ def trial_tree(
     return search_tree(inner, budget, inputs.marginals, inputs.stats, depth, trial_caps, source=inputs.source)
 
 
+def monotone_verify_times(profile: LatencyModel, max_budget: int, context: int | None = None) -> list[float]:
+    """Verify seconds for 1..max_budget query tokens, made non-decreasing (running maximum).
+
+    Verifying more tokens never costs less; a dip in a measured profile is noise that a search
+    would otherwise exploit.
+    """
+    out: list[float] = []
+    for n in range(1, max_budget + 1):
+        t = float(profile.verify_time(n) if context is None else profile.verify_time(n, context))
+        out.append(max(t, out[-1]) if out else t)
+    return out
+
+
 def make_objective(
     inputs: AccuracyInputs,
     profile: LatencyModel,
@@ -434,8 +445,10 @@ def make_objective(
     """The Optuna objective: predicted (or measured) tokens per second; with quality when multi."""
     config = config or OptunaConfig()
 
+    envelope = monotone_verify_times(profile, budgets[1], context)
+
     def verify_s(n: int) -> float:
-        return float(profile.verify_time(n) if context is None else profile.verify_time(n, context))
+        return envelope[n - 1]
 
     def objective(trial: Any) -> float | tuple[float, float]:
         res = trial_tree(trial, inputs, caps, budgets, inner)
@@ -503,7 +516,7 @@ def optuna_search(
         raise WorkbenchError(f"trials must be >= 1, got {n_trials}")
     if not 1 <= min_budget <= max_budget:
         raise WorkbenchError(f"need 1 <= min budget ({min_budget}) <= budget ({max_budget})")
-    caps = depth_caps(inputs.marginals, inputs.stats, max_depth, top_k)
+    caps = depth_caps(inputs.marginals, max_depth, top_k)
     check_budget(max_budget, caps)
     latency, device = resolve_profile(profile)
     mode = "measured-typical" if evaluator is not None and evaluator.typical else (

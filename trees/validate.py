@@ -15,6 +15,11 @@ Usage::
 
     python -m trees.validate                                  # 10 MT-Bench prompts x 96 tokens, budget 64
     python -m trees.validate --prompts 20 --max-new-tokens 128 --budget 64 --tree results/trees/default.json
+    python -m trees.validate --engine none --replay --prompts 40 --out results/calibration/smollm2-135m-medusa1/replay.csv
+
+With ``--replay`` the prompts are also decoded once (batched) into a ranks table, and every tree's
+accepted length is replayed from it (`trees.acceptance_model.simulate_steps`, exact for the decoded
+text), which costs nothing per tree: ``--engine none --replay`` validates many trees cheaply.
 
 Writes ``results/calibration/<heads name>/validation.csv`` (atomically, after every tree) with
 columns VALIDATION_COLUMNS and prints a Markdown table for LOG.md.
@@ -37,8 +42,14 @@ from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
 from medusa.decode import DecodeConfig, generate
 from medusa.errors import WorkbenchError, run_cli
-from trees.acceptance_model import Marginals, PathStats, expected_tokens
-from trees.calibrate import atomic_write
+from trees.acceptance_model import (
+    Marginals,
+    PathStats,
+    expected_tokens,
+    rank_matrix,
+    simulate_steps,
+)
+from trees.calibrate import atomic_write, collect_ranks, write_ranks
 from trees.search import (
     DEFAULT_HEADS_NAME,
     AccuracyInputs,
@@ -52,6 +63,7 @@ VALIDATION_COLUMNS = [
     "tree", "kind", "node_budget", "depth", "nodes_per_depth", "predicted_independence",
     "predicted_empirical", "measured_accepted_length", "error_independence", "error_empirical",
     "steps", "new_tokens", "prompts", "max_new_tokens", "tokens_per_s", "verify_ms_per_step",
+    "replayed_accepted_length", "replay_steps",
 ]
 
 
@@ -184,25 +196,43 @@ def validation_trees(
     return out
 
 
-def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurement,
-                   n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def replay_accepted_length(ranks: pd.DataFrame, tree: Tree) -> tuple[float, int]:
+    """(mean accepted length, steps) the greedy engine would get, replayed from a ranks table.
+
+    Exact for the decoded text (see `trees.acceptance_model.simulate_steps`): one decoding pass
+    serves every tree. Steps are pooled over prompts.
+    """
+    lengths: list[int] = []
+    for _, group in ranks.groupby("prompt", sort=False):
+        lengths.extend(simulate_steps(rank_matrix(group), tree))
+    if not lengths:
+        raise WorkbenchError("the ranks table has no positions to replay")
+    return sum(lengths) / len(lengths), len(lengths)
+
+
+def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurement | None,
+                   n_prompts: int, max_new_tokens: int, replay: tuple[float, int] | None = None) -> dict[str, Any]:
+    """One table row; errors are relative to the engine's measurement (NaN when not run)."""
+    nan = float("nan")
     pi = expected_tokens(tree, inputs.marginals)
-    pe = expected_tokens(tree, inputs.stats) if inputs.stats is not None else float("nan")
-    a = meas.accepted_length
+    pe = expected_tokens(tree, inputs.stats) if inputs.stats is not None else nan
+    a = meas.accepted_length if meas is not None else nan
     return {
         "tree": tree.name, "kind": kind, "node_budget": tree.node_budget, "depth": tree.depth,
         "nodes_per_depth": "-".join(map(str, tree.nodes_per_depth())),
         "predicted_independence": pi, "predicted_empirical": pe, "measured_accepted_length": a,
         "error_independence": (pi - a) / a, "error_empirical": (pe - a) / a,
-        "steps": meas.steps, "new_tokens": meas.new_tokens, "prompts": n_prompts,
-        "max_new_tokens": max_new_tokens, "tokens_per_s": meas.tokens_per_s,
-        "verify_ms_per_step": 1e3 * meas.verify_s / meas.steps,
+        "steps": meas.steps if meas else 0, "new_tokens": meas.new_tokens if meas else 0, "prompts": n_prompts,
+        "max_new_tokens": max_new_tokens, "tokens_per_s": meas.tokens_per_s if meas else nan,
+        "verify_ms_per_step": 1e3 * meas.verify_s / meas.steps if meas else nan,
+        "replayed_accepted_length": replay[0] if replay else nan, "replay_steps": replay[1] if replay else 0,
     }
 
 
 def markdown(table: pd.DataFrame) -> str:
     cols = ["tree", "node_budget", "predicted_independence", "predicted_empirical",
-            "measured_accepted_length", "error_independence", "error_empirical", "tokens_per_s"]
+            "measured_accepted_length", "error_independence", "error_empirical",
+            "replayed_accepted_length", "tokens_per_s"]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = ""
     for _, r in table.iterrows():
@@ -237,9 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--accuracy", default=None, help="calibration accuracy.csv (paths.csv beside it)")
     p.add_argument("--tree", action="append", default=[], help="extra tree JSON to validate (repeatable)")
     p.add_argument("--out", default=None, help=f"CSV (default results/calibration/{DEFAULT_HEADS_NAME}/validation.csv)")
+    p.add_argument("--engine", default="all",
+                   help="trees decoded with the engine: all, none, or comma-separated tree names")
+    p.add_argument("--replay", action="store_true",
+                   help="also decode the prompts once (batched) and replay every tree from their ranks")
+    p.add_argument("--batch-size", type=int, default=8, help="batch of the replay's decoding pass")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.max_new_tokens < 2:
         raise WorkbenchError("--prompts must be >= 1 and --max-new-tokens >= 2")
+    if args.engine == "none" and not args.replay:
+        raise WorkbenchError("--engine none measures nothing without --replay")
 
     inputs = resolve_accuracy(args.accuracy)
     extra = [Tree.load(t) for t in args.tree]
@@ -252,18 +289,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     heads = resolve_heads(backbone, args.heads)
     for _, tree in trees:
         tree.check_fits(heads.num_heads)
-    prompts = [backbone.chat_ids(pr.text) for pr in mtbench_prompts(args.prompts)]
+    named = [(pr.id, backbone.chat_ids(pr.text)) for pr in mtbench_prompts(args.prompts)]
+    prompts = [ids for _, ids in named]
+    engine_names = ({t.name for _, t in trees} if args.engine == "all" else set()
+                    if args.engine == "none" else set(args.engine.split(",")))
+    ranks = None
+    if args.replay:
+        t0 = time.perf_counter()
+        ranks = collect_ranks(backbone, heads, named, args.max_new_tokens, inputs.marginals.top_r,
+                              batch_size=args.batch_size)
+        write_ranks(ranks, out.with_name(out.stem + "_ranks.parquet"))
+        print(f"  replay ranks: {ranks['prompt'].nunique()} prompts, {len(ranks) // heads.num_heads} positions "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     rows = []
     for kind, tree in trees:
         t0 = time.perf_counter()
-        meas = measure_tree(backbone, heads, tree, prompts, args.max_new_tokens)
-        rows.append(validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens))
+        meas = measure_tree(backbone, heads, tree, prompts, args.max_new_tokens) if tree.name in engine_names else None
+        replay = replay_accepted_length(ranks, tree) if ranks is not None else None
+        rows.append(validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens, replay))
         table = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
         atomic_write(out, lambda q, t=table: t.to_csv(q, index=False))
         r = rows[-1]
         print(f"  {tree.name:24s} budget {tree.node_budget:4d}  measured {r['measured_accepted_length']:.3f}  "
-              f"indep {r['predicted_independence']:.3f}  emp {r['predicted_empirical']:.3f}  "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+              f"replayed {r['replayed_accepted_length']:.3f}  indep {r['predicted_independence']:.3f}  "
+              f"emp {r['predicted_empirical']:.3f}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(markdown(pd.DataFrame(rows, columns=VALIDATION_COLUMNS)))
     print(f"wrote {out}")
     return 0

@@ -49,6 +49,7 @@ class MethodSettings:
     posterior_alpha: float
     pld_tokens: int
     pld_max_ngram: int
+    compile: bool = False
 
 
 @dataclass
@@ -107,6 +108,7 @@ class EngineMethod:
         self.heads = context.heads if tree.depth > 0 else None
         self.heads_name = context.heads_name if tree.depth > 0 else ""
         self.acceptance = acceptance
+        self.compile = context.settings.compile
         if tree.depth > 0:
             if self.heads is None:
                 raise WorkbenchError(f"method {name} needs Medusa heads but none were loaded")
@@ -126,6 +128,7 @@ class EngineMethod:
         }
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
-        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, seed=seed)
+        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, seed=seed,
+                              compile=self.compile)
         result = generate(self.backbone, self.heads, self.buffers, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
