@@ -28,7 +28,7 @@ demo: venv
 # Shipped Medusa-1 heads for SmolLM2, end to end: self-distil held-out eval and training prompts,
 # then train (hidden states cached under data/, git-ignored). Interrupted steps resume when re-run.
 HEADS_DIR ?= results/heads/smollm2-135m-medusa1
-HEADS_TRAIN_PROMPTS ?= 1000
+HEADS_TRAIN_PROMPTS ?= 2400
 HEADS_EVAL_PROMPTS ?= 160
 HEADS_STEPS ?= 3000
 HEADS_TRAIN_ARGS ?= --layers 1 --lm-projection shared --batch-size 256 --lr 1e-3 --proj-dtype bfloat16 --train-vocab seen

@@ -75,7 +75,12 @@ def correctness(device: str) -> dict:
 def tree_logits_error(bb: Backbone) -> float:
     from medusa.decode import cache_kwarg
     from medusa.kv_cache import StaticKV
-    from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask
+    from medusa.tree_attention import (
+        causal_mask,
+        tree_buffers,
+        tree_candidates,
+        verify_attention_mask,
+    )
 
     device, model = bb.device, bb.model
     decoder, arg = model.base_model, cache_kwarg(model.base_model)

@@ -224,6 +224,7 @@ def select_prompts(
     return chosen
 
 
+@torch.no_grad()
 def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Answer the selected prompts into `out_dir`, resuming a previous run; returns the run record."""
     out = Path(out_dir)
@@ -233,7 +234,6 @@ def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = 
         theirs, mine = previous.get("settings", {}), config.answer_settings()
         diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k])
         raise WorkbenchError(f"{out} holds a run with other settings ({diff}); use another --out")
-    torch.set_grad_enabled(False)
     backbone = load_backbone(config.backbone, dtype=config.dtype)
     report = LoadReport()
     selected = select_prompts(backbone, config, report)

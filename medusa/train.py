@@ -466,7 +466,7 @@ def check_data_fits(folder: str, backbone: Backbone) -> None:
 
 
 def check_heads_fit(config: HeadsConfig, backbone: Backbone) -> None:
-    """Refuse a heads config (e.g. from --init) shaped for another backbone."""
+    """Refuse a heads config shaped for another backbone."""
     if config.hidden_size and config.hidden_size != backbone.hidden_size:
         raise WorkbenchError(f"heads config has hidden size {config.hidden_size} but backbone {backbone.name} has {backbone.hidden_size}")
     if config.vocab_size and config.vocab_size != backbone.vocab_size:
@@ -513,8 +513,10 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         raise WorkbenchError(f"--init-heads has {heads.config.num_heads} heads but --heads is {config.num_heads}")
     heads.requires_grad_(True)
     heads.train()
+    # Heads train in fp32. The backbone is not needed after caching, so its (shared) LM head is made
+    # fp32 in place too: evaluation then scores the full vocabulary in fp32 on every device.
     heads.to(torch.float32)
-    heads._base_lm_head[0].to(torch.float32)
+    backbone.model.get_output_embeddings().to(torch.float32)
     proj_dtype = None if config.proj_dtype in ("float32", "fp32") else parse_dtype(config.proj_dtype, str(device))
     vocab = train_cache.target_vocab() if config.train_vocab == "seen" else None
     module = ProjectedHeads(heads, config.decay, proj_dtype, vocab, config.negatives)

@@ -7,7 +7,14 @@ import sys
 import pandas as pd
 import pytest
 
-from bench.latency import COLUMNS, LatencyConfig, LatencyProfile, load_profile, profile_backbone, write_profile
+from bench.latency import (
+    COLUMNS,
+    LatencyConfig,
+    LatencyProfile,
+    load_profile,
+    profile_backbone,
+    write_profile,
+)
 from medusa.errors import WorkbenchError
 
 

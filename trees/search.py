@@ -39,6 +39,7 @@ method) prints one line ``error: ...`` and exits with status 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import heapq
 import json
 import os
@@ -441,11 +442,14 @@ def make_objective(
     evaluator: AcceptanceEvaluator | None = None,
     multi_objective: bool = False,
     config: OptunaConfig | None = None,
+    verify_times: Sequence[float] | None = None,
 ) -> Callable[[Any], float | tuple[float, float]]:
-    """The Optuna objective: predicted (or measured) tokens per second; with quality when multi."""
-    config = config or OptunaConfig()
+    """The Optuna objective: predicted (or measured) tokens per second; with quality when multi.
 
-    envelope = monotone_verify_times(profile, budgets[1], context)
+    `verify_times` (seconds for 1..max budget tokens) defaults to `monotone_verify_times(profile)`.
+    """
+    config = config or OptunaConfig()
+    envelope = list(verify_times) if verify_times is not None else monotone_verify_times(profile, budgets[1], context)
 
     def verify_s(n: int) -> float:
         return envelope[n - 1]
@@ -522,8 +526,11 @@ def optuna_search(
     mode = "measured-typical" if evaluator is not None and evaluator.typical else (
         "measured" if evaluator is not None else "predicted")
     cal = inputs.calibration_dir.name if inputs.calibration_dir is not None else Path(inputs.source).stem
+    # The objective depends on the measured profile: a re-measured profile starts a new study.
+    times = monotone_verify_times(latency, max_budget, context)
+    profile_fp = hashlib.sha256(json.dumps([round(t, 9) for t in times]).encode()).hexdigest()[:8]
     study_name = study_name or (
-        f"tree/{cal}/{device}/{mode}{'-multi' if multi_objective else ''}/{inner}"
+        f"tree/{cal}/{device}-{profile_fp}/{mode}{'-multi' if multi_objective else ''}/{inner}"
         f"/b{min_budget}-{max_budget}/k{'x'.join(map(str, caps))}"
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -537,7 +544,7 @@ def optuna_search(
     except ValueError as e:  # e.g. an existing study of the same name with other directions
         raise WorkbenchError(f"cannot open study {study_name!r}: {e}") from None
     objective = make_objective(inputs, latency, caps, (min_budget, max_budget), inner, context,
-                               evaluator, multi_objective, d)
+                               evaluator, multi_objective, d, times)
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=n_trials, catch=())
     elapsed = time.perf_counter() - t0

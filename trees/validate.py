@@ -63,7 +63,7 @@ VALIDATION_COLUMNS = [
     "tree", "kind", "node_budget", "depth", "nodes_per_depth", "predicted_independence",
     "predicted_empirical", "measured_accepted_length", "error_independence", "error_empirical",
     "steps", "new_tokens", "prompts", "max_new_tokens", "tokens_per_s", "verify_ms_per_step",
-    "replayed_accepted_length", "replay_steps",
+    "replayed_accepted_length", "replay_steps", "replay_error_independence", "replay_error_empirical",
 ]
 
 
@@ -212,11 +212,13 @@ def replay_accepted_length(ranks: pd.DataFrame, tree: Tree) -> tuple[float, int]
 
 def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurement | None,
                    n_prompts: int, max_new_tokens: int, replay: tuple[float, int] | None = None) -> dict[str, Any]:
-    """One table row; errors are relative to the engine's measurement (NaN when not run)."""
+    """One table row; `error_*` are relative to the engine's measurement, `replay_error_*` to the
+    replayed one (NaN when that was not run)."""
     nan = float("nan")
     pi = expected_tokens(tree, inputs.marginals)
     pe = expected_tokens(tree, inputs.stats) if inputs.stats is not None else nan
     a = meas.accepted_length if meas is not None else nan
+    b = replay[0] if replay else nan
     return {
         "tree": tree.name, "kind": kind, "node_budget": tree.node_budget, "depth": tree.depth,
         "nodes_per_depth": "-".join(map(str, tree.nodes_per_depth())),
@@ -225,7 +227,8 @@ def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurem
         "steps": meas.steps if meas else 0, "new_tokens": meas.new_tokens if meas else 0, "prompts": n_prompts,
         "max_new_tokens": max_new_tokens, "tokens_per_s": meas.tokens_per_s if meas else nan,
         "verify_ms_per_step": 1e3 * meas.verify_s / meas.steps if meas else nan,
-        "replayed_accepted_length": replay[0] if replay else nan, "replay_steps": replay[1] if replay else 0,
+        "replayed_accepted_length": b, "replay_steps": replay[1] if replay else 0,
+        "replay_error_independence": (pi - b) / b, "replay_error_empirical": (pe - b) / b,
     }
 
 
