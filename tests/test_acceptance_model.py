@@ -20,6 +20,7 @@ from trees.acceptance_model import (
     path_stats_from_matrix,
     path_stats_from_ranks,
     path_str,
+    replay_model_from_ranks,
     simulate_steps,
     summarize_holdout,
 )
@@ -148,3 +149,27 @@ def test_simulate_steps_replays_greedy_engine():
     tree = Tree.from_paths([(0,), (0, 0), (1,)])
     # s=0: (0,0) -> 3; s=3: rank 9 -> 1; s=4: (0,) then (0,1) absent -> 2; s=6 ends
     assert simulate_steps(mat, tree) == [3, 1, 2]
+
+
+def test_replay_model_captures_runs_of_easy_text():
+    """Easy positions in runs: steps skip through them, so the per-step mean is below the
+    per-position mean; only the replay model sees it."""
+    rng = np.random.default_rng(4)
+    blocks = []
+    for _ in range(400):
+        easy = rng.random() < 0.5
+        blocks.append(np.zeros((12, 3), dtype=np.int64) if easy else np.full((12, 3), -1, dtype=np.int64))
+    mat = np.concatenate(blocks)
+    df = ranks_frame(mat, per_prompt=240)
+    tree = chain(3)
+    table = holdout_evaluation(df, trees=[tree])
+    summary = summarize_holdout(table)
+    row = summary.iloc[0]
+    assert row["actual_per_position"] == pytest.approx(1 + 3 * (mat[:, 0] == 0).mean(), rel=0.02)
+    assert row["actual"] < 0.8 * row["actual_per_position"]  # far fewer steps in easy runs
+    assert abs(row["pooled_error_replay"]) < 0.03
+    assert row["pooled_error_empirical"] > 0.2
+    assert abs(row["pooled_error_independence"]) > 5 * abs(row["pooled_error_replay"])
+    model = replay_model_from_ranks(df)
+    assert model.positions == len(mat)
+    assert expected_tokens(tree, model) == pytest.approx(sum(model.steps(tree)) / len(model.steps(tree)))

@@ -355,3 +355,16 @@ def test_replay_matches_engine_on_tiny_model(tiny):
     assert steps > 10 and replayed >= 1.0
     # the engine also runs the last few positions the ranks table leaves out (no head targets there)
     assert abs(replayed - engine.accepted_length) < 0.15
+
+
+def test_ranks_beside_accuracy_give_the_replay_model(calibration, tmp_path):
+    df = ranks_frame(correlated_matrix(600, k=4, seed=3))
+    d = tmp_path / "cal2"
+    d.mkdir()
+    marginals_from_ranks(df, 4).to_frame().to_csv(d / "accuracy.csv", index=False)
+    path_stats_from_ranks(df, 4).to_frame().to_csv(d / "paths.csv", index=False)
+    df.to_parquet(d / "ranks.parquet", index=False)
+    r = search("empirical", 16, str(d / "accuracy.csv"))
+    assert r.predicted_replay is not None and 1.0 <= r.predicted_replay <= 5.0
+    assert r.tree.meta["predicted_replay"] == r.predicted_replay
+    assert search("greedy", 16, str(calibration / "accuracy.csv")).predicted_replay is None

@@ -14,8 +14,15 @@ with P from one of two models fitted on a calibration ranks table (`trees.calibr
 - `empirical` (the joint): ``P(i_1..i_d)`` = fraction of calibration positions whose true ranks
   start with that path (`PathStats`); heads' errors are correlated, which this model keeps.
 
-`holdout_evaluation` fits both on part of the calibration prompts and compares their predictions
-with what the other part actually yields.
+Both average over *positions*. The engine, however, averages over *steps*, and a step that
+accepts A tokens skips the next A-1 positions, so easy stretches of text (long acceptances, in
+runs) get fewer steps than positions: the per-step mean is lower than the per-position one whenever
+acceptance is autocorrelated, as it is in text. The third model, `replay` (`ReplayModel`), replays
+the greedy engine over the calibration prompts' rank matrices (`simulate_steps`) and so predicts
+the per-step mean directly; it is not additive over nodes, so it scores trees rather than builds them.
+
+`holdout_evaluation` fits all three on part of the calibration prompts and compares their
+predictions with what the engine would get on the other part.
 
 Table formats read here (written by `trees.calibrate` and `medusa.train`):
 
@@ -52,7 +59,7 @@ RANKS_COLUMNS = ["prompt", "position", "head", "rank0"]
 ACCURACY_COLUMNS = ["head", "rank0", "accuracy", "count"]
 CUMULATIVE_COLUMNS = ["head", "topk", "accuracy", "count"]
 PATHS_COLUMNS = ["path", "depth", "count", "fraction"]
-MODELS = ("independence", "empirical")
+MODELS = ("independence", "empirical", "replay")
 
 
 def path_str(path: Sequence[int]) -> str:
@@ -323,12 +330,48 @@ def load_path_stats(source: str | os.PathLike | pd.DataFrame) -> PathStats:
     return PathStats(count=counts, positions=positions, num_heads=num_heads, top_r=top_r, source=label)
 
 
+# ---- the replay (sequential) model ------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplayModel:
+    """The calibration prompts' (positions, K) rank matrices; scores a tree by replaying the engine."""
+
+    matrices: tuple[np.ndarray, ...]
+    source: str = ""
+
+    @property
+    def positions(self) -> int:
+        return int(sum(len(m) for m in self.matrices))
+
+    def steps(self, tree: Tree | Iterable[Sequence[int]]) -> list[int]:
+        """Accepted length of every replayed step, prompts in order."""
+        tree = tree if isinstance(tree, Tree) else Tree.from_paths(tree)
+        out: list[int] = []
+        for m in self.matrices:
+            out.extend(simulate_steps(m, tree))
+        return out
+
+    def tokens_per_step(self, tree: Tree | Iterable[Sequence[int]]) -> float:
+        lengths = self.steps(tree)
+        if not lengths:
+            raise WorkbenchError("the replay model holds no positions")
+        return sum(lengths) / len(lengths)
+
+
+def replay_model_from_ranks(ranks: pd.DataFrame, source: str = "") -> ReplayModel:
+    check_ranks(ranks)
+    mats = tuple(rank_matrix(g) for _, g in ranks.groupby("prompt", sort=True))
+    return ReplayModel(matrices=mats, source=source)
+
+
 # ---- predictions --------------------------------------------------------------------------------
-Model = Marginals | PathStats
+Model = Marginals | PathStats | ReplayModel
 
 
 def expected_tokens(tree: Tree | Iterable[Sequence[int]], model: Model) -> float:
-    """Expected tokens per step, root included: 1 + sum of P(path accepted) over the tree's nodes."""
+    """Expected tokens per step, root included: 1 + sum of P(path accepted) over the tree's nodes
+    (independence, empirical), or the replayed per-step mean (replay)."""
+    if isinstance(model, ReplayModel):
+        return model.tokens_per_step(tree)
     paths = tree.paths if isinstance(tree, Tree) else tree
     return 1.0 + float(sum(model.probability(p) for p in paths))
 
@@ -390,8 +433,9 @@ def prompt_fold(prompt: str, folds: int, salt: str = "holdout") -> int:
 
 
 HOLDOUT_COLUMNS = [
-    "tree", "node_budget", "fold", "test_positions", "predicted_independence", "predicted_empirical",
-    "actual", "error_independence", "error_empirical",
+    "tree", "node_budget", "fold", "test_positions", "test_steps", "predicted_independence",
+    "predicted_empirical", "predicted_replay", "actual", "actual_per_position",
+    "error_independence", "error_empirical", "error_replay",
 ]
 
 
@@ -402,13 +446,14 @@ def holdout_evaluation(
     top_r: int | None = None,
     folds: int = 5,
 ) -> pd.DataFrame:
-    """Cross-validate both models by prompt: fit on all folds but one, predict the held-out fold.
+    """Cross-validate the models by prompt: fit on all folds but one, predict the held-out fold.
 
-    The truth is the held-out prompts' own path frequencies (exact for greedy acceptance). When
-    `trees` is None, the greedy (independence-optimal) and empirical-optimal trees searched on the
-    fitting folds are scored at each budget, so the empirical model pays for its own selection.
-    One row per (tree, fold), columns HOLDOUT_COLUMNS (errors relative and signed);
-    `summarize_holdout` pools the folds.
+    `actual` is what the greedy engine gets per step on the held-out prompts (replayed from their
+    ranks, exact for greedy acceptance); `actual_per_position` is their per-position mean (what
+    the two additive models estimate). When `trees` is None, the greedy (independence-optimal) and
+    empirical-optimal trees searched on the fitting folds are scored at each budget, so the
+    empirical model pays for its own selection. One row per (tree, fold), columns HOLDOUT_COLUMNS
+    (errors relative to `actual`, signed); `summarize_holdout` pools the folds.
     """
     from trees.search import search_tree  # the search uses this module; import late
 
@@ -424,7 +469,9 @@ def holdout_evaluation(
         fit_ranks, test_ranks = ranks[fold_of != fold], ranks[fold_of == fold]
         acc = marginals_from_ranks(fit_ranks, top_r)
         stats = path_stats_from_ranks(fit_ranks, top_r)
-        truth = path_stats_from_ranks(test_ranks, top_r)
+        replay = replay_model_from_ranks(fit_ranks)
+        truth_positions = path_stats_from_ranks(test_ranks, top_r)
+        truth = replay_model_from_ranks(test_ranks)
         chosen = list(trees) if trees is not None else []
         if trees is None:
             space = sum(top_r ** d for d in range(1, acc.num_heads + 1))
@@ -433,24 +480,31 @@ def holdout_evaluation(
                     chosen.append(search_tree("greedy", b, acc, stats).tree)
                     chosen.append(search_tree("empirical", b, acc, stats).tree)
         for tree in chosen:
-            actual = expected_tokens(tree, truth)
-            pi, pe = expected_tokens(tree, acc), expected_tokens(tree, stats)
-            rows.append({
+            steps = truth.steps(tree)
+            actual = sum(steps) / len(steps)
+            pred = {"independence": expected_tokens(tree, acc), "empirical": expected_tokens(tree, stats),
+                    "replay": expected_tokens(tree, replay)}
+            row = {
                 "tree": tree.name, "node_budget": tree.node_budget, "fold": int(fold),
-                "test_positions": truth.positions,
-                "predicted_independence": pi, "predicted_empirical": pe, "actual": actual,
-                "error_independence": (pi - actual) / actual, "error_empirical": (pe - actual) / actual,
-            })
+                "test_positions": truth_positions.positions, "test_steps": len(steps),
+                "actual": actual, "actual_per_position": expected_tokens(tree, truth_positions),
+            }
+            for m in MODELS:
+                row[f"predicted_{m}"] = pred[m]
+                row[f"error_{m}"] = (pred[m] - actual) / actual
+            rows.append(row)
     return pd.DataFrame(rows, columns=HOLDOUT_COLUMNS)
 
 
 def summarize_holdout(table: pd.DataFrame) -> pd.DataFrame:
-    """Per tree: position-weighted pooled prediction vs truth over folds, and mean |fold error|."""
+    """Per tree: step-weighted pooled prediction vs truth over folds, and mean |fold error|."""
     rows = []
     for (name, budget), g in table.groupby(["tree", "node_budget"], sort=False):
-        w = g["test_positions"].to_numpy(float)
+        w = g["test_steps"].to_numpy(float)
         actual = float((g["actual"] * w).sum() / w.sum())
-        row = {"tree": name, "node_budget": int(budget), "folds": len(g), "actual": actual}
+        wp = g["test_positions"].to_numpy(float)
+        row = {"tree": name, "node_budget": int(budget), "folds": len(g), "actual": actual,
+               "actual_per_position": float((g["actual_per_position"] * wp).sum() / wp.sum())}
         for model in MODELS:
             pred = float((g[f"predicted_{model}"] * w).sum() / w.sum())
             row[f"predicted_{model}"] = pred

@@ -377,10 +377,10 @@ def report(files: dict[str, Path]) -> None:
     print("  top-1 accuracy: " + ", ".join(f"head {h} {a:.3f}" for h, a in top1.items()))
     if "holdout" in files:
         summary = summarize_holdout(pd.read_csv(files["holdout"]))
-        print("  held-out (cross-validated by prompt) tokens per step, pooled error:")
+        print("  held-out (cross-validated by prompt) tokens per engine step, pooled prediction error:")
         for _, r in summary.iterrows():
             print(f"    {r['tree']:14s} actual {r['actual']:.3f}  independence {100 * r['pooled_error_independence']:+.1f}%"
-                  f"  empirical {100 * r['pooled_error_empirical']:+.1f}%")
+                  f"  empirical {100 * r['pooled_error_empirical']:+.1f}%  replay {100 * r['pooled_error_replay']:+.1f}%")
     for name, path in files.items():
         print(f"  wrote {name}: {path}")
 

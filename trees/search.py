@@ -14,7 +14,9 @@ Methods (library: `search(...) -> SearchResult`; the CLI below is a thin wrapper
 - ``optuna``: hardware-aware. Each trial picks a node budget (up to ``--budget``), a maximum depth
   and a top-k cap per depth, builds the empirical-optimal (or greedy) tree in that space and
   scores predicted tokens per second ``E[tokens per step](tree) / t_verify(node_budget)``, with
-  ``t_verify`` from this machine's measured latency profile (`bench.latency`). With an
+  ``t_verify`` from this machine's measured latency profile (`bench.latency`, made non-decreasing
+  in the node budget) and E from the replay model when the calibration's ranks table is present
+  (it predicts tokens per *engine step*; see `trees.acceptance_model`), else the empirical model. With an
   `trees.validate.MeasuredAcceptance` evaluator (typical acceptance), eps and delta join
   the space and trials are scored by acceptance measured with the engine on calibration prompts;
   multi-objective mode returns the speed/quality Pareto front. Studies persist in Optuna storage:
@@ -57,6 +59,7 @@ from medusa.errors import WorkbenchError, run_cli
 from trees.acceptance_model import (
     Marginals,
     PathStats,
+    ReplayModel,
     expected_tokens,
     load_marginals,
     load_path_stats,
@@ -64,6 +67,7 @@ from trees.acceptance_model import (
     marginals_from_frame,
     marginals_from_ranks,
     path_stats_from_ranks,
+    replay_model_from_ranks,
 )
 from trees.tree import DEFAULT_TREE_FILE, REPO_ROOT, Path_, Tree
 
@@ -98,6 +102,7 @@ class SearchResult:
     accuracy_source: str = ""
     predicted_tokens_per_s: float | None = None
     verify_s: float | None = None
+    predicted_replay: float | None = None
     study_name: str | None = None
     storage: str | None = None
     pareto: tuple[ParetoPoint, ...] = ()
@@ -116,6 +121,7 @@ class AccuracyInputs:
     stats: PathStats | None
     source: str
     calibration_dir: Path | None = None
+    replay: ReplayModel | None = None
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -135,20 +141,22 @@ def resolve_accuracy(
     accuracy table; give `paths` (paths CSV or DataFrame) or `ranks` for the empirical model.
     """
     stats: PathStats | None = None
+    replay: ReplayModel | None = None
     cal_dir: Path | None = None
     if ranks is not None:
         ranks_df = ranks if isinstance(ranks, pd.DataFrame) else load_ranks(ranks)
         stats = path_stats_from_ranks(ranks_df, source="ranks")
+        replay = replay_model_from_ranks(ranks_df, source="ranks")
         if accuracy is None:
-            return AccuracyInputs(marginals_from_ranks(ranks_df, stats.top_r, "ranks"), stats, "ranks")
+            return AccuracyInputs(marginals_from_ranks(ranks_df, stats.top_r, "ranks"), stats, "ranks", None, replay)
     if isinstance(paths, PathStats):
         stats = paths
     elif paths is not None:
         stats = load_path_stats(paths)
     if isinstance(accuracy, Marginals):
-        return AccuracyInputs(accuracy, stats, accuracy.source)
+        return AccuracyInputs(accuracy, stats, accuracy.source, None, replay)
     if isinstance(accuracy, pd.DataFrame):
-        return AccuracyInputs(marginals_from_frame(accuracy, "(DataFrame)"), stats, "(DataFrame)")
+        return AccuracyInputs(marginals_from_frame(accuracy, "(DataFrame)"), stats, "(DataFrame)", None, replay)
     if accuracy is None:
         cal_dir = default_calibration_dir()
         acc_file = cal_dir / "accuracy.csv"
@@ -165,9 +173,15 @@ def resolve_accuracy(
         acc_file = Path(accuracy)
         cal_dir = acc_file.parent
     marginals = load_marginals(acc_file)
-    if stats is None and cal_dir is not None and (cal_dir / "paths.csv").is_file():
-        stats = load_path_stats(cal_dir / "paths.csv")
-    return AccuracyInputs(marginals, stats, _display(acc_file), cal_dir)
+    if cal_dir is not None:
+        if stats is None and (cal_dir / "paths.csv").is_file():
+            stats = load_path_stats(cal_dir / "paths.csv")
+        if replay is None:
+            for name in ("ranks.parquet", "ranks.csv"):
+                if (cal_dir / name).is_file():
+                    replay = replay_model_from_ranks(load_ranks(cal_dir / name), source=_display(cal_dir / name))
+                    break
+    return AccuracyInputs(marginals, stats, _display(acc_file), cal_dir, replay)
 
 
 def _display(path: Path) -> str:
@@ -279,6 +293,7 @@ def search_tree(
     top_k: TopK = None,
     name: str | None = None,
     source: str = "",
+    replay: ReplayModel | None = None,
 ) -> SearchResult:
     """`greedy` or `empirical` tree on already-loaded models (the core of `search`)."""
     if method not in ("greedy", "empirical"):
@@ -297,6 +312,7 @@ def search_tree(
     elapsed = time.perf_counter() - t0
     pi = expected_tokens(tree, marginals)
     pe = expected_tokens(tree, stats) if stats is not None else None
+    pr = expected_tokens(tree, replay) if replay is not None else None
     meta = {
         "method": method,
         "max_depth": len(caps),
@@ -304,11 +320,12 @@ def search_tree(
         "accuracy": source,
         "predicted_independence": pi,
         "predicted_empirical": pe,
+        "predicted_replay": pr,
         "search_s": elapsed,
     }
     tree = Tree.from_paths(tree.paths, name=tree.name, meta=meta)
     return SearchResult(tree=tree, method=method, predicted_independence=pi, predicted_empirical=pe,
-                        search_s=elapsed, accuracy_source=source)
+                        search_s=elapsed, accuracy_source=source, predicted_replay=pr)
 
 
 def search(
@@ -338,7 +355,8 @@ def search(
     name = kw.pop("name", None)
     if kw:
         raise WorkbenchError(f"unknown option(s) for method {method}: {', '.join(sorted(kw))}")
-    return search_tree(method, node_budget, inputs.marginals, inputs.stats, max_depth, top_k, name, inputs.source)
+    return search_tree(method, node_budget, inputs.marginals, inputs.stats, max_depth, top_k, name, inputs.source,
+                       inputs.replay)
 
 
 # ---- hardware-aware search (Optuna) ------------------------------------------------------------
@@ -416,7 +434,8 @@ def trial_tree(
     trial_caps = [trial.suggest_int(f"top_k_{d}", 1, caps[d - 1]) for d in range(1, len(caps) + 1)][:depth]
     if budget - 1 > space_size(trial_caps):
         raise optuna.TrialPruned(f"node budget {budget} exceeds the space of top-k {trial_caps}")
-    return search_tree(inner, budget, inputs.marginals, inputs.stats, depth, trial_caps, source=inputs.source)
+    return search_tree(inner, budget, inputs.marginals, inputs.stats, depth, trial_caps, source=inputs.source,
+                       replay=inputs.replay)
 
 
 def monotone_verify_times(profile: LatencyModel, max_budget: int, context: int | None = None) -> list[float]:
@@ -461,8 +480,11 @@ def make_objective(
         trial.set_user_attr("verify_s", t)
         trial.set_user_attr("predicted_independence", res.predicted_independence)
         trial.set_user_attr("predicted_empirical", res.predicted_empirical)
+        trial.set_user_attr("predicted_replay", res.predicted_replay)
         if evaluator is None:
-            tokens = res.predicted_empirical if inner == "empirical" else res.predicted_independence
+            # Score with the replay model (tokens per engine step) when calibration ranks exist.
+            tokens = (res.predicted_replay if res.predicted_replay is not None
+                      else res.predicted_empirical if inner == "empirical" else res.predicted_independence)
             trial.set_user_attr("tokens_per_step", tokens)
             return tokens / t
         kw = {}
@@ -524,7 +546,7 @@ def optuna_search(
     check_budget(max_budget, caps)
     latency, device = resolve_profile(profile)
     mode = "measured-typical" if evaluator is not None and evaluator.typical else (
-        "measured" if evaluator is not None else "predicted")
+        "measured" if evaluator is not None else "replay" if inputs.replay is not None else "predicted")
     cal = inputs.calibration_dir.name if inputs.calibration_dir is not None else Path(inputs.source).stem
     # The objective depends on the measured profile: a re-measured profile starts a new study.
     times = monotone_verify_times(latency, max_budget, context)
@@ -570,6 +592,7 @@ def optuna_search(
         "objective": mode,
         "predicted_independence": attrs.get("predicted_independence"),
         "predicted_empirical": attrs.get("predicted_empirical"),
+        "predicted_replay": attrs.get("predicted_replay"),
         "tokens_per_step": attrs.get("tokens_per_step"),
         "verify_s": attrs.get("verify_s"),
         "predicted_tokens_per_s": best.values[0],
@@ -581,6 +604,7 @@ def optuna_search(
         tree=tree, method="optuna",
         predicted_independence=expected_tokens(tree, inputs.marginals),
         predicted_empirical=expected_tokens(tree, inputs.stats) if inputs.stats is not None else None,
+        predicted_replay=expected_tokens(tree, inputs.replay) if inputs.replay is not None else None,
         search_s=elapsed, accuracy_source=inputs.source, predicted_tokens_per_s=float(best.values[0]),
         verify_s=attrs.get("verify_s"), study_name=study_name,
         storage=(f"sqlite:///{DEFAULT_STORAGE}" if storage is None
@@ -622,6 +646,8 @@ def summary(result: SearchResult) -> str:
         f"empirical {result.predicted_empirical:.3f}" if result.predicted_empirical is not None
         else "empirical n/a (no path statistics)"
     )
+    if result.predicted_replay is not None:
+        pred.append(f"replay {result.predicted_replay:.3f}")
     lines.append(f"  predicted tokens per step: {', '.join(pred)}")
     if result.predicted_tokens_per_s is not None:
         lines.append(

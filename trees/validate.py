@@ -3,8 +3,8 @@
 For trees from each search method (greedy, empirical, and the Optuna/default tree when present)
 and the presets at the same node budget (`mc_sim_7b_63`, the best dense tree that fits, the
 top-1 chain of all heads), decode held-out MT-Bench prompts with the engine (greedy acceptance)
-and compare the mean accepted length per step (root token included) with what the independence
-and empirical models fitted on the calibration prompts predict.
+and compare the mean accepted length per step (root token included) with what the independence,
+empirical and replay models fitted on the calibration prompts predict.
 
 Also home of `MeasuredAcceptance`, the engine-backed evaluator the Optuna search uses for typical
 acceptance (eps = posterior_threshold, delta = posterior_alpha): it reports the mean accepted
@@ -61,9 +61,10 @@ from trees.tree import DEFAULT_TREE_FILE, Tree, chain, dense, preset
 
 VALIDATION_COLUMNS = [
     "tree", "kind", "node_budget", "depth", "nodes_per_depth", "predicted_independence",
-    "predicted_empirical", "measured_accepted_length", "error_independence", "error_empirical",
-    "steps", "new_tokens", "prompts", "max_new_tokens", "tokens_per_s", "verify_ms_per_step",
-    "replayed_accepted_length", "replay_steps", "replay_error_independence", "replay_error_empirical",
+    "predicted_empirical", "predicted_replay", "measured_accepted_length", "error_independence",
+    "error_empirical", "error_replay", "steps", "new_tokens", "prompts", "max_new_tokens",
+    "tokens_per_s", "verify_ms_per_step", "replayed_accepted_length", "replay_steps",
+    "replay_error_independence", "replay_error_empirical", "replay_error_replay",
 ]
 
 
@@ -217,30 +218,33 @@ def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurem
     nan = float("nan")
     pi = expected_tokens(tree, inputs.marginals)
     pe = expected_tokens(tree, inputs.stats) if inputs.stats is not None else nan
+    pr = expected_tokens(tree, inputs.replay) if inputs.replay is not None else nan
     a = meas.accepted_length if meas is not None else nan
     b = replay[0] if replay else nan
     return {
         "tree": tree.name, "kind": kind, "node_budget": tree.node_budget, "depth": tree.depth,
         "nodes_per_depth": "-".join(map(str, tree.nodes_per_depth())),
-        "predicted_independence": pi, "predicted_empirical": pe, "measured_accepted_length": a,
-        "error_independence": (pi - a) / a, "error_empirical": (pe - a) / a,
+        "predicted_independence": pi, "predicted_empirical": pe, "predicted_replay": pr,
+        "measured_accepted_length": a,
+        "error_independence": (pi - a) / a, "error_empirical": (pe - a) / a, "error_replay": (pr - a) / a,
         "steps": meas.steps if meas else 0, "new_tokens": meas.new_tokens if meas else 0, "prompts": n_prompts,
         "max_new_tokens": max_new_tokens, "tokens_per_s": meas.tokens_per_s if meas else nan,
         "verify_ms_per_step": 1e3 * meas.verify_s / meas.steps if meas else nan,
         "replayed_accepted_length": b, "replay_steps": replay[1] if replay else 0,
         "replay_error_independence": (pi - b) / b, "replay_error_empirical": (pe - b) / b,
+        "replay_error_replay": (pr - b) / b,
     }
 
 
 def markdown(table: pd.DataFrame) -> str:
-    cols = ["tree", "node_budget", "predicted_independence", "predicted_empirical",
-            "measured_accepted_length", "error_independence", "error_empirical",
-            "replayed_accepted_length", "tokens_per_s"]
+    cols = ["tree", "node_budget", "predicted_independence", "predicted_empirical", "predicted_replay",
+            "measured_accepted_length", "replayed_accepted_length", "replay_error_independence",
+            "replay_error_empirical", "replay_error_replay", "tokens_per_s"]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     body = ""
     for _, r in table.iterrows():
         cells = [str(r["tree"]), str(int(r["node_budget"]))] + [
-            f"{r[c]:.3f}" if not c.startswith("error") else f"{100 * r[c]:+.1f}%" for c in cols[2:-1]
+            f"{r[c]:.3f}" if "error" not in c else f"{100 * r[c]:+.1f}%" for c in cols[2:-1]
         ] + [f"{r['tokens_per_s']:.1f}"]
         body += "| " + " | ".join(cells) + " |\n"
     return head + body
@@ -275,9 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--replay", action="store_true",
                    help="also decode the prompts once (batched) and replay every tree from their ranks")
     p.add_argument("--batch-size", type=int, default=8, help="batch of the replay's decoding pass")
+    p.add_argument("--replay-ranks", default=None,
+                   help="reuse a ranks table from an earlier --replay run (same prompts) instead of decoding")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.max_new_tokens < 2:
         raise WorkbenchError("--prompts must be >= 1 and --max-new-tokens >= 2")
+    args.replay = args.replay or args.replay_ranks is not None
     if args.engine == "none" and not args.replay:
         raise WorkbenchError("--engine none measures nothing without --replay")
 
@@ -297,7 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_names = ({t.name for _, t in trees} if args.engine == "all" else set()
                     if args.engine == "none" else set(args.engine.split(",")))
     ranks = None
-    if args.replay:
+    if args.replay_ranks:
+        from trees.acceptance_model import load_ranks
+
+        ranks = load_ranks(args.replay_ranks)
+    elif args.replay:
         t0 = time.perf_counter()
         ranks = collect_ranks(backbone, heads, named, args.max_new_tokens, inputs.marginals.top_r,
                               batch_size=args.batch_size)
@@ -315,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = rows[-1]
         print(f"  {tree.name:24s} budget {tree.node_budget:4d}  measured {r['measured_accepted_length']:.3f}  "
               f"replayed {r['replayed_accepted_length']:.3f}  indep {r['predicted_independence']:.3f}  "
-              f"emp {r['predicted_empirical']:.3f}  ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+              f"emp {r['predicted_empirical']:.3f}  replay model {r['predicted_replay']:.3f}  "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(markdown(pd.DataFrame(rows, columns=VALIDATION_COLUMNS)))
     print(f"wrote {out}")
     return 0
