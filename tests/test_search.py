@@ -259,6 +259,16 @@ def test_optuna_predicted_objective_and_shared_storage(calibration, tmp_path):
         open_storage(str(tmp_path / "x.txt"))
 
 
+def test_default_study_name_changes_with_the_calibration(tmp_path):
+    """Retrained heads give a new accuracy table: its search must not resume the old table's trials."""
+    kw = dict(profile=LinearProfile(), storage=str(tmp_path / "s.db"), min_budget=2, n_trials=3)
+    a = search("optuna", 6, accuracy_frame([[0.6, 0.2], [0.3, 0.2]]), **kw)
+    b = search("optuna", 6, accuracy_frame([[0.5, 0.2], [0.3, 0.2]]), **kw)
+    again = search("optuna", 6, accuracy_frame([[0.6, 0.2], [0.3, 0.2]]), **kw)
+    assert a.study_name != b.study_name and again.study_name == a.study_name
+    assert b.tree.meta["trials"] == 3 and again.tree.meta["trials"] == 6
+
+
 def test_verify_times_are_made_monotone():
     from trees.search import monotone_verify_times
 

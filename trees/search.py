@@ -53,6 +53,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from medusa.errors import WorkbenchError, run_cli
@@ -551,8 +552,10 @@ def optuna_search(
     # The objective depends on the measured profile: a re-measured profile starts a new study.
     times = monotone_verify_times(latency, max_budget, context)
     profile_fp = hashlib.sha256(json.dumps([round(t, 9) for t in times]).encode()).hexdigest()[:8]
+    # So does a re-run calibration (e.g. after retraining the heads): stale trials must not be reused.
+    cal_fp = hashlib.sha256(np.ascontiguousarray(inputs.marginals.count, dtype=np.int64).tobytes()).hexdigest()[:8]
     study_name = study_name or (
-        f"tree/{cal}/{device}-{profile_fp}/{mode}{'-multi' if multi_objective else ''}/{inner}"
+        f"tree/{cal}-{cal_fp}/{device}-{profile_fp}/{mode}{'-multi' if multi_objective else ''}/{inner}"
         f"/b{min_budget}-{max_budget}/k{'x'.join(map(str, caps))}"
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
