@@ -27,11 +27,14 @@ demo: venv
 
 # Shipped Medusa-1 heads for SmolLM2, end to end: self-distil held-out eval and training prompts,
 # then train (hidden states cached under data/, git-ignored). Interrupted steps resume when re-run.
+# The shipped heads were trained this way on 2070 prompts distilled in four parallel folders
+# (split offsets 0, 1200, 2400, 3600; see their training_record.json): this target distils the
+# first 2400 training prompts into one folder (~2.5 h of one core), then trains (~15 min).
 HEADS_DIR ?= results/heads/smollm2-135m-medusa1
 HEADS_TRAIN_PROMPTS ?= 2400
 HEADS_EVAL_PROMPTS ?= 160
 HEADS_STEPS ?= 3000
-HEADS_TRAIN_ARGS ?= --layers 1 --lm-projection shared --batch-size 256 --lr 1e-3 --proj-dtype bfloat16 --train-vocab seen
+HEADS_TRAIN_ARGS ?= --layers 1 --lm-projection shared --batch-size 256 --lr 1e-3 --proj-dtype bfloat16 --train-vocab seen --eval-every 500
 DISTILL = OMP_NUM_THREADS=1 $(PY) -m medusa.distill --threads 1 --quiet
 
 heads: venv
@@ -50,13 +53,14 @@ clean-venv:
 	rm -rf $(VENV)
 
 # ---- measuring and the reference run ----------------------------------------------------
-# The reference run's settings (README "Results"): all 80 MT-Bench first turns (10 per category),
-# 128 new tokens, split into REF_SHARDS processes of THREADS torch threads each on this 2-core CPU.
+# The reference run's settings (README "Results"): all 80 MT-Bench questions (10 per category), both
+# turns, 128 new tokens, split into REF_SHARDS processes of THREADS torch threads each on this 2-core CPU.
 THREADS ?= 1
 REF_SHARDS ?= 2
 REF_RUN ?= results/bench/mtbench-ref
 REF_LIMIT ?= 10
 REF_TOKENS ?= 128
+REF_TURNS ?= 2
 LATENCY_CSV ?= results/latency/cpu-amd-epyc-$(THREADS)t.csv
 SWEEP_TREES ?= empirical_4 empirical_8 empirical_16 empirical_32 empirical_64 greedy_64
 SWEEP_PRESETS ?= chain_2 chain_4 dense_2x2 mc_sim_7b_63
@@ -80,15 +84,20 @@ search: venv
 	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) \
 		--name optuna_cpu_$(THREADS)t --set-default --plot results/trees/optuna_cpu_$(THREADS)t.png
 
+# Predicted vs measured accepted length: replayed from one batched decode for many trees, and
+# decoded with the engine for a few (slow on a CPU).
+VALIDATION_DIR ?= results/calibration/smollm2-135m-medusa1
 validate: venv
 	$(PY) -m trees.validate --engine none --replay --prompts 20 --max-new-tokens 96 --tree results/trees/default.json
+	$(PY) -m trees.validate --engine all --prompts 4 --max-new-tokens 64 --tree results/trees/default.json \
+		--out $(VALIDATION_DIR)/validation_engine.csv
 
 bench: venv
 	rm -rf $(REF_RUN) $(REF_RUN)-shard*
-	for i in $$(seq 0 $$(($(REF_SHARDS) - 1))); do \
-		$(BENCH) --methods hf-greedy,ar,hf-pld,medusa --limit $(REF_LIMIT) --max-new-tokens $(REF_TOKENS) \
-			--shard $$i/$(REF_SHARDS) --out $(REF_RUN)-shard$$i & \
-	done; wait
+	pids=""; for i in $$(seq 0 $$(($(REF_SHARDS) - 1))); do \
+		$(BENCH) --methods hf-greedy,ar,hf-pld,medusa --limit $(REF_LIMIT) --turns $(REF_TURNS) --max-new-tokens $(REF_TOKENS) \
+			--shard $$i/$(REF_SHARDS) --out $(REF_RUN)-shard$$i & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
 	$(PY) -m bench.merge $(REF_RUN) $(REF_RUN)-shard*
 	rm -rf $(REF_RUN)-shard*
 	$(PY) -m bench.summarize $(REF_RUN)

@@ -141,7 +141,7 @@ class Record:
     # config
     greedy: bool  # True: must be token-identical to hf-greedy
     backbone: str
-    heads: str  # heads folder, "untrained", or "" when the method uses none
+    heads: str  # heads folder@weights fingerprint, "untrained", or "" when the method uses none
     tree: str
     node_budget: float  # tokens verified per step, root included
     temperature: float

@@ -54,7 +54,7 @@ from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone, parse_dtype
 from medusa.decode import DecodeConfig, Proposer
 from medusa.errors import WorkbenchError, run_cli
-from medusa.heads import DEFAULT_HEADS_DIR
+from medusa.heads import DEFAULT_HEADS_DIR, heads_fingerprint
 from trees.tree import Tree
 
 _ACC = AcceptanceConfig()
@@ -156,12 +156,14 @@ def resolve_heads(config: BenchConfig, backbone: Backbone) -> tuple[Proposer, st
     from medusa.generate import resolve_heads as cli_heads
 
     if config.heads is not None:
-        name = config.heads
+        name, folder = config.heads, Path(config.heads)
     elif (DEFAULT_HEADS_DIR / "config.json").is_file():
-        name = str(DEFAULT_HEADS_DIR.relative_to(R.REPO_ROOT))
+        name, folder = str(DEFAULT_HEADS_DIR.relative_to(R.REPO_ROOT)), DEFAULT_HEADS_DIR
     else:
-        name = "untrained"
-    return cli_heads(backbone, config.heads), name
+        return cli_heads(backbone, None), "untrained"
+    heads = cli_heads(backbone, config.heads)
+    # The weights' fingerprint is part of the name, so a run folder never mixes retrained heads.
+    return heads, f"{name}@{heads_fingerprint(folder)}"
 
 
 @torch.inference_mode()

@@ -20,6 +20,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -160,6 +161,15 @@ class MedusaHeads(nn.Module):
         os.replace(tmp_w, directory / "heads.safetensors")
         os.replace(tmp_c, directory / "config.json")
         return directory
+
+
+def heads_fingerprint(directory: str | os.PathLike) -> str:
+    """First 16 hex digits of the sha256 of ``heads.safetensors``: which trained weights a result used."""
+    h = hashlib.sha256()
+    with open(Path(directory) / "heads.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def read_heads_config(directory: str | os.PathLike) -> HeadsConfig:

@@ -72,8 +72,8 @@ TRAIN_VOCABS = ("full", "seen")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Medusa-1 options; each default is defined here once (the CLI reads them)."""
+class CommonTrainConfig:
+    """Options both stages share (data, backbone, heads shape, optimiser basics); defined here once."""
 
     data: str = ""
     eval_data: str = ""
@@ -85,12 +85,20 @@ class TrainConfig:
     num_heads: int = 4
     num_layers: int = 1
     lm_projection: str = "shared"
-    steps: int = 1000
-    batch_size: int = 256
-    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     decay: float = 0.8
+    seed: int = 0
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig(CommonTrainConfig):
+    """Medusa-1 options; each default is defined here once (the CLI reads them)."""
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
     proj_dtype: str = "float32"
     train_vocab: str = "full"
     negatives: int = 4096
@@ -98,10 +106,8 @@ class TrainConfig:
     eval_rows: int = 8192
     final_eval_rows: int | None = None
     save_every: int = 250
-    seed: int = 0
     cache_root: str = str(DEFAULT_CACHE_ROOT)
     max_samples: int | None = None
-    threads: int | None = None
     cache_only: bool = False
 
     def __post_init__(self) -> None:

@@ -51,11 +51,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone, parse_dtype
+from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, ensure_writable, read_samples, write_atomic
 from medusa.errors import WorkbenchError
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
 from medusa.train import (
+    CommonTrainConfig,
     check_data_fits,
     check_heads_fit,
     cosine_lr,
@@ -73,27 +74,14 @@ BACKBONE_LOSSES = ("kl", "ce")
 
 
 @dataclass(frozen=True)
-class Stage2Config:
-    """Medusa-2 options; each default is defined here once."""
+class Stage2Config(CommonTrainConfig):
+    """Medusa-2 options; each default is defined here once (shared ones in CommonTrainConfig)."""
 
-    data: str = ""
-    eval_data: str = ""
-    out: str = ""
-    backbone: str = DEFAULT_BACKBONE
-    backbone_dtype: str = "auto"
-    device: str = "cpu"
-    init_heads: str = ""
-    num_heads: int = 4
-    num_layers: int = 1
-    lm_projection: str = "shared"
     steps: int = 200
     batch_size: int = 4
     max_length: int = 384
     lr: float = 5e-5
     heads_lr_mult: float = 4.0
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    decay: float = 0.8
     lambda0: float = 0.2
     heads_warmup: int = 20
     lambda_ramp: int = 20
@@ -105,8 +93,6 @@ class Stage2Config:
     eval_samples: int = 24
     drift_prompts: int = 4
     drift_tokens: int = 64
-    seed: int = 0
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.backbone_loss not in BACKBONE_LOSSES:

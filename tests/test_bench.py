@@ -329,3 +329,24 @@ def test_bad_input_is_one_line_and_exit_2(args, message, prompts_file, tmp_path,
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "out" / R.RECORDS_FILE).exists()
+
+
+def test_heads_name_carries_the_weights_fingerprint(model, tmp_path):
+    """Retrained heads in the same folder get a new identity, so a run folder refuses to mix them."""
+    from bench.run import check_identity, resolve_heads
+    from medusa.errors import WorkbenchError
+    from medusa.heads import heads_fingerprint
+
+    bb, heads = model
+    folder = tmp_path / "heads"
+    heads.save(folder)
+    _, before = resolve_heads(BenchConfig(heads=str(folder)), bb)
+    assert before == f"{folder}@{heads_fingerprint(folder)}" and len(heads_fingerprint(folder)) == 16
+    retrained = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3))
+    retrained.save(folder)
+    _, after = resolve_heads(BenchConfig(heads=str(folder)), bb)
+    assert after.startswith(f"{folder}@") and after != before
+    (tmp_path / "run").mkdir()
+    R.write_run_json(tmp_path / "run", {"identity": {"heads": before}, "sessions": []})
+    with pytest.raises(WorkbenchError):
+        check_identity(tmp_path / "run", {"heads": after})

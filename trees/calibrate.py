@@ -29,7 +29,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -263,19 +262,11 @@ def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool =
     return files
 
 
-def file_fingerprint(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 # ---- CLI ----------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     from medusa.data import load_split
     from medusa.generate import add_model_args, resolve_heads
-    from medusa.heads import DEFAULT_HEADS_DIR
+    from medusa.heads import DEFAULT_HEADS_DIR, heads_fingerprint
 
     d = CalibrationConfig()
     p = _Parser(prog="python -m trees.calibrate", description=__doc__.split("\n")[0])
@@ -312,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = write_tables(load_ranks(ranks_path), out_dir, config.top_r)
         report(files)
         return 0
-    heads_fp = file_fingerprint(heads_dir / "heads.safetensors")
+    heads_fp = heads_fingerprint(heads_dir)
     meta_path = out_dir / "calibration.json"
 
     backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, dtype=args.dtype, device=args.device)
