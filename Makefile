@@ -113,6 +113,10 @@ sweeps: venv
 		--max-new-tokens 96 --temperature $(TYPICAL_TEMPERATURE) --posterior-threshold $$E \
 		--out results/bench/typical-eps$$E || exit 1; done
 
+figures: venv
+	$(PY) -m analysis.figures
+	$(PY) -m analysis.tables
+
 # Everything behind the README's numbers, in order (~3 h on this 2-core CPU without `heads`,
 # whose distillation adds ~4 h; see LOG.md for each step's time).
 reproduce: heads calibrate latency search validate bench sweeps figures

@@ -199,7 +199,11 @@ def typical_points(runs: Sequence[load.Run], temperature: float | None = None) -
     if typ["posterior_threshold"].nunique() < 2:
         raise load.MissingResult(f"the eps sweep needs medusa-typical at two or more eps values at T={temperature} "
                                  f"(run `{TYPICAL_COMMAND} first)")
-    refs = w[w["method"].isin(["medusa", "hf-greedy", "hf-sample"]) & np.isclose(w["temperature"].astype(float), temperature)]
+    # Greedy records carry temperature 0 but their quality is scored at their run's T: take them
+    # from the sweep's own runs; plain sampling from any run at T.
+    greedy_ref = w["method"].isin(["medusa", "hf-greedy"]) & w["run"].isin(set(typ["run"]))
+    sampled_ref = (w["method"] == "hf-sample") & np.isclose(w["temperature"].astype(float), temperature)
+    refs = w[greedy_ref | sampled_ref]
     refs = refs[(refs["method"] != "medusa") | (refs["tree"] == tree)].copy()
     # One reference point per method: the run with the most prompt turns.
     refs = refs.sort_values(["n", "run"]).drop_duplicates("method", keep="last")
@@ -303,17 +307,18 @@ def searched_tree(results: Path, out: Path, tree: str | None = None, calibration
 # ---- 6. predicted vs measured accepted length ---------------------------------------------------
 def acceptance_validation(results: Path, out: Path, **_: Any) -> list[Path]:
     v = load.load_validation(results)
+    models = [(c, m) for c, m in (("independence", "o"), ("empirical", "s"), ("replay", "^"))
+              if f"predicted_{c}" in v.columns and v[f"predicted_{c}"].notna().any()]
     fig, axes = new_figure(ncols=2, width=4.6, height=4.0)
     ax = axes[0, 0]
-    kinds = list(dict.fromkeys(v["kind"].astype(str)))
-    for col, marker, label in (("predicted_independence", "o", "independence model"),
-                               ("predicted_empirical", "s", "empirical model")):
-        for j, kind in enumerate(kinds):
-            g = v[(v["kind"].astype(str) == kind) & v[col].notna()]
-            ax.scatter(g["measured_accepted_length"], g[col], marker=marker, color=f"C{j}",
-                       facecolors="none" if marker == "o" else f"C{j}", s=36, label=f"{kind}, {label}")
-    lo = float(np.nanmin(v[["measured_accepted_length", "predicted_independence", "predicted_empirical"]].to_numpy(float)))
-    hi = float(np.nanmax(v[["measured_accepted_length", "predicted_independence", "predicted_empirical"]].to_numpy(float)))
+    for j, (model, marker) in enumerate(models):
+        for by, fill in (("engine", True), ("replay", False)):
+            g = v[(v["measured_by"] == by) & v[f"predicted_{model}"].notna()]
+            if len(g):
+                ax.scatter(g["measured"], g[f"predicted_{model}"], marker=marker, s=36, color=f"C{j}",
+                           facecolors=f"C{j}" if fill else "none", label=f"{model} model vs {by}")
+    cols = ["measured"] + [f"predicted_{m}" for m, _ in models]
+    lo, hi = float(np.nanmin(v[cols].to_numpy(float))), float(np.nanmax(v[cols].to_numpy(float)))
     pad = 0.05 * max(hi - lo, 0.1)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=0.8, ls="--", label="prediction = measurement")
     ax.set_xlabel("measured accepted length (tokens/step)")
@@ -321,22 +326,23 @@ def acceptance_validation(results: Path, out: Path, **_: Any) -> list[Path]:
     ax.set_title("(a) prediction against measurement, per tree")
     ax.legend(frameon=False, fontsize=6)
     ax = axes[0, 1]
-    labels = [f"{r.tree} ({int(r.node_budget)})" for r in v.itertuples()]
+    labels = [f"{r.tree} ({int(r.node_budget)}, {r.measured_by})" for r in v.itertuples()]
     y = np.arange(len(v))
-    for off, col, label in ((-0.2, "predicted_independence", "independence"), (0.2, "predicted_empirical", "empirical")):
-        err = 100 * (v[col].astype(float) - v["measured_accepted_length"]) / v["measured_accepted_length"]
-        ax.barh(y + off, err, 0.4, label=label)
+    width = 0.8 / max(1, len(models))
+    for j, (model, _) in enumerate(models):
+        err = 100 * (v[f"predicted_{model}"].astype(float) - v["measured"]) / v["measured"]
+        ax.barh(y - 0.4 + (j + 0.5) * width, err, width, color=f"C{j}", label=model)
     ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(y, labels, fontsize=6.5)
+    ax.set_yticks(y, labels, fontsize=6)
     ax.set_xlabel("prediction error (% of measured accepted length)")
-    ax.set_title("(b) relative error per tree (nodes)")
+    ax.set_title("(b) relative error per tree (nodes, measured by)")
     ax.legend(frameon=False)
     cal = load.results_path(results) / "calibration" / str(v["calibration"].iloc[0])
     meta = load.read_json(cal / "calibration.json")
-    extra = ""
-    if "prompts" in v.columns and "max_new_tokens" in v.columns:
-        extra = f"; measured on {int(v['prompts'].iloc[0])} MT-Bench prompts x {int(v['max_new_tokens'].iloc[0])} tokens, greedy"
-    caption(fig, load.calibration_caption(meta, cal / str(v["file"].iloc[0])) + extra)
+    runs = "; ".join(f"{by}: {int(g['prompts'].iloc[0])} MT-Bench prompts x {int(g['max_new_tokens'].iloc[0])} tokens"
+                     for by, g in v.groupby("measured_by", sort=False)) if {"prompts", "max_new_tokens"} <= set(v.columns) else ""
+    caption(fig, load.calibration_caption(meta, cal / ", ".join(dict.fromkeys(v["file"].astype(str))))
+            + (f"; greedy, {runs}" if runs else ""))
     return save(fig, out, "acceptance_validation")
 
 

@@ -395,7 +395,10 @@ def validation_files(results: str | os.PathLike | None = None) -> list[Path]:
 
 
 def load_validation(results: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Every validation table under results/calibration, with a `calibration` and `file` column."""
+    """Every validated tree under results/calibration, with `calibration`, `file`, `measured` and
+    `measured_by` columns: `measured` is the engine's accepted length where the tree was decoded,
+    else the one replayed from the decoded prompts (`trees.validate --replay`); rows with neither
+    are dropped."""
     files = validation_files(results)
     if not files:
         raise MissingResult(f"no validation table under {display(results_path(results) / 'calibration')} "
@@ -406,7 +409,16 @@ def load_validation(results: str | os.PathLike | None = None) -> pd.DataFrame:
         df["calibration"] = f.parent.name
         df["file"] = f.name
         parts.append(df)
-    return pd.concat(parts, ignore_index=True)
+    v = pd.concat(parts, ignore_index=True)
+    engine = pd.to_numeric(v["measured_accepted_length"], errors="coerce")
+    replayed = pd.to_numeric(v.get("replayed_accepted_length", pd.Series(np.nan, index=v.index)), errors="coerce")
+    v["measured"] = engine.fillna(replayed)
+    v["measured_by"] = np.where(engine.notna(), "engine", "replay")
+    v = v[v["measured"].notna()].reset_index(drop=True)
+    if v.empty:
+        raise MissingResult(f"no measured or replayed accepted length in {', '.join(display(f) for f in files)} "
+                            "(run `python -m trees.validate` with --engine or --replay)")
+    return v
 
 
 # ---- latency ------------------------------------------------------------------------------------

@@ -138,17 +138,22 @@ def heads(results: Path, calibration: str | None = None, **_: Any) -> str:
 
 def validation(results: Path, **_: Any) -> str:
     v = load.load_validation(results)
+    models = [c for c in ("independence", "empirical", "replay") if f"predicted_{c}" in v.columns]
+
+    def predicted(value: float, measured: float) -> str:
+        return f"{value:.3f} ({100 * (value - measured) / measured:+.1f}%)" if pd.notna(value) else ""
+
     rows = []
     for r in v.itertuples():
-        m = float(r.measured_accepted_length)
-        rows.append([r.tree, r.kind, int(r.node_budget), f"{r.predicted_independence:.3f} ({100 * (r.predicted_independence - m) / m:+.1f}%)",
-                     f"{r.predicted_empirical:.3f} ({100 * (r.predicted_empirical - m) / m:+.1f}%)" if pd.notna(r.predicted_empirical) else "",
-                     f"{m:.3f}", f"{r.tokens_per_s:.1f}" if "tokens_per_s" in v.columns and pd.notna(r.tokens_per_s) else ""])
-    body = markdown_table(["tree", "kind", "nodes", "predicted, independence", "predicted, empirical",
-                           "measured accepted length", "tokens/s"], rows)
+        rows.append([r.tree, r.kind, int(r.node_budget)] + [predicted(getattr(r, f"predicted_{c}"), r.measured) for c in models]
+                    + [f"{r.measured:.3f}", f"{r.measured_by}, {int(r.prompts)} x {int(r.max_new_tokens)}",
+                       f"{r.tokens_per_s:.1f}" if "tokens_per_s" in v.columns and pd.notna(r.tokens_per_s) else ""])
+    body = markdown_table(["tree", "kind", "nodes"] + [f"predicted, {c}" for c in models]
+                          + ["measured accepted length", "measured by (prompts x tokens)", "tokens/s"], rows)
     cal = load.results_path(results) / "calibration" / str(v["calibration"].iloc[0])
+    files = ", ".join(dict.fromkeys(v["file"].astype(str)))
     return _section("Acceptance models: predicted vs measured accepted length (tokens/step)",
-                    load.calibration_caption(load.read_json(cal / "calibration.json"), cal / str(v["file"].iloc[0])), body)
+                    load.calibration_caption(load.read_json(cal / "calibration.json"), cal / files), body)
 
 
 def latency(results: Path, **_: Any) -> str:
