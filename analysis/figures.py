@@ -200,8 +200,9 @@ def typical_points(runs: Sequence[load.Run], temperature: float | None = None) -
         raise load.MissingResult(f"the eps sweep needs medusa-typical at two or more eps values at T={temperature} "
                                  f"(run `{TYPICAL_COMMAND} first)")
     # Greedy records carry temperature 0 but their quality is scored at their run's T: take them
-    # from the sweep's own runs; plain sampling from any run at T.
-    greedy_ref = w["method"].isin(["medusa", "hf-greedy"]) & w["run"].isin(set(typ["run"]))
+    # from runs with records at T; plain sampling from any run at T.
+    runs_at_t = set(w.loc[np.isclose(w["temperature"].astype(float), temperature), "run"])
+    greedy_ref = w["method"].isin(["medusa", "hf-greedy"]) & w["run"].isin(runs_at_t)
     sampled_ref = (w["method"] == "hf-sample") & np.isclose(w["temperature"].astype(float), temperature)
     refs = w[greedy_ref | sampled_ref]
     refs = refs[(refs["method"] != "medusa") | (refs["tree"] == tree)].copy()

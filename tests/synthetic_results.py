@@ -58,7 +58,8 @@ def _record(run_tree: Tree | None, method: str, qid: str, category: str, index: 
         "source": "mtbench", "prompt_index": index, "question_id": qid, "category": category, "turn": 1,
         "method": method, "repeat": 0, "greedy": method in ("medusa", "ar", "hf-greedy", "hf-pld"),
         "backbone": BACKBONE, "heads": HEADS if method.startswith("medusa") else "", "tree": tree or "",
-        "node_budget": budget, "temperature": temperature,
+        # as in bench.run: greedy methods' records carry temperature 0 (quality is still scored at T)
+        "node_budget": budget, "temperature": 0.0 if method in ("medusa", "ar", "hf-greedy", "hf-pld") else temperature,
         "posterior_threshold": eps if method == "medusa-typical" else None,
         "posterior_alpha": 0.3 if method == "medusa-typical" else None,
         "pld_tokens": 10.0 if method == "hf-pld" else None, "max_new_tokens": 32, "seed": 0,
