@@ -111,12 +111,18 @@ def iter_shards(directory: str | os.PathLike) -> Iterator[Path]:
     return iter(sorted(Path(directory).glob(SHARD_GLOB)))
 
 
+def data_parts(spec: str | os.PathLike) -> list[str]:
+    """The distilled folders (or .jsonl files) named by a `--data` value: several are joined by commas."""
+    return str(spec).split(",")
+
+
 def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list[Sample]:
     """All samples of a distilled folder (or a .jsonl file; several joined by commas), in shard order."""
-    if "," in str(directory):
+    parts = data_parts(directory)
+    if len(parts) > 1:
         joined: list[Sample] = []
         seen: set[str] = set()
-        for part in str(directory).split(","):
+        for part in parts:
             for s in read_samples(part):  # a prompt answered in two folders counts once
                 if s.key not in seen:
                     seen.add(s.key)

@@ -61,7 +61,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, BackboneIdentity, load_backbone, parse_dtype
-from medusa.distill import Sample, ensure_writable, read_run, read_samples, write_atomic
+from medusa.distill import Sample, data_parts, ensure_writable, read_run, read_samples, write_atomic
 from medusa.errors import WorkbenchError, run_cli
 from medusa.heads import REPO_ROOT, HeadsConfig, MedusaHeads, load_heads
 
@@ -448,7 +448,7 @@ def git_commit() -> str:
 
 
 def data_summary(folder: str, samples: Sequence[Sample]) -> dict[str, Any]:
-    runs = [read_run(part) if Path(part).is_dir() else {} for part in str(folder).split(",")]
+    runs = [read_run(part) if Path(part).is_dir() else {} for part in data_parts(folder)]
     keys = sorted(s.key for s in samples)
     return {
         "path": str(folder),
@@ -463,7 +463,7 @@ def data_summary(folder: str, samples: Sequence[Sample]) -> dict[str, Any]:
 
 def check_data_fits(folder: str, backbone: Backbone) -> None:
     """Refuse distilled data whose run.json names a backbone with another tokenizer or shape."""
-    for part in str(folder).split(","):
+    for part in data_parts(folder):
         made_by = read_run(part).get("backbone") if Path(part).is_dir() else None
         if made_by:
             theirs = BackboneIdentity(**made_by)

@@ -45,9 +45,9 @@ from medusa.errors import WorkbenchError, run_cli
 from trees.acceptance_model import (
     Marginals,
     PathStats,
+    ReplayModel,
     expected_tokens,
-    rank_matrix,
-    simulate_steps,
+    replay_model_from_ranks,
 )
 from trees.calibrate import atomic_write, collect_ranks, write_ranks
 from trees.search import (
@@ -197,15 +197,15 @@ def validation_trees(
     return out
 
 
-def replay_accepted_length(ranks: pd.DataFrame, tree: Tree) -> tuple[float, int]:
+def replay_accepted_length(replay: ReplayModel | pd.DataFrame, tree: Tree) -> tuple[float, int]:
     """(mean accepted length, steps) the greedy engine would get, replayed from a ranks table.
 
     Exact for the decoded text (see `trees.acceptance_model.simulate_steps`): one decoding pass
-    serves every tree. Steps are pooled over prompts.
+    serves every tree. Steps are pooled over prompts. Give a `ReplayModel` to reuse its rank
+    matrices across trees.
     """
-    lengths: list[int] = []
-    for _, group in ranks.groupby("prompt", sort=False):
-        lengths.extend(simulate_steps(rank_matrix(group), tree))
+    model = replay if isinstance(replay, ReplayModel) else replay_model_from_ranks(replay)
+    lengths = model.steps(tree)
     if not lengths:
         raise WorkbenchError("the ranks table has no positions to replay")
     return sum(lengths) / len(lengths), len(lengths)
@@ -315,11 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_ranks(ranks, out.with_name(out.stem + "_ranks.parquet"))
         print(f"  replay ranks: {ranks['prompt'].nunique()} prompts, {len(ranks) // heads.num_heads} positions "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    replay_model = replay_model_from_ranks(ranks) if ranks is not None else None
     rows = []
     for kind, tree in trees:
         t0 = time.perf_counter()
         meas = measure_tree(backbone, heads, tree, prompts, args.max_new_tokens) if tree.name in engine_names else None
-        replay = replay_accepted_length(ranks, tree) if ranks is not None else None
+        replay = replay_accepted_length(replay_model, tree) if replay_model is not None else None
         rows.append(validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens, replay))
         table = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
         atomic_write(out, lambda q, t=table: t.to_csv(q, index=False))
