@@ -74,22 +74,25 @@ latency: venv
 	$(PY) -m bench.latency --threads $(THREADS) --repeats 3 --contexts 128,512 --n-queries 1,2,4,8,16,32,64,128
 
 calibrate: venv
-	$(PY) -m trees.calibrate --fresh
+	$(PY) -m bench.calibrate --fresh
 
-# Trees from the calibration table: the budget sweep's searched trees, and the hardware-aware
-# optimum for this machine's latency profile, which becomes the shipped default.
+# Trees from the calibration table: the budget sweep's searched trees, the hardware-aware
+# optimum for this machine's latency profile, which becomes the shipped default, and the Pareto
+# front of accepted length against verify time (results/trees/pareto_cpu_<T>t_pareto.csv).
 search: venv
 	for B in 4 8 16 32 64; do $(PY) -m trees.search --method empirical --budget $$B || exit 1; done
 	$(PY) -m trees.search --method greedy --budget 64
 	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) \
 		--name optuna_cpu_$(THREADS)t --set-default --plot results/trees/optuna_cpu_$(THREADS)t.png
+	$(PY) -m trees.search --method optuna --pareto --budget 64 --trials 150 --latency $(LATENCY_CSV) \
+		--name pareto_cpu_$(THREADS)t
 
 # Predicted vs measured accepted length: replayed from one batched decode for many trees, and
 # decoded with the engine for a few (slow on a CPU).
 VALIDATION_DIR ?= results/calibration/smollm2-135m-medusa1
 validate: venv
-	$(PY) -m trees.validate --engine none --replay --prompts 20 --max-new-tokens 96 --tree results/trees/default.json
-	$(PY) -m trees.validate --engine all --prompts 4 --max-new-tokens 64 --tree results/trees/default.json \
+	$(PY) -m bench.validate --engine none --replay --limit 20 --max-new-tokens 96 --tree results/trees/default.json
+	$(PY) -m bench.validate --engine all --limit 4 --max-new-tokens 64 --tree results/trees/default.json \
 		--out $(VALIDATION_DIR)/validation_engine.csv
 
 bench: venv
@@ -98,7 +101,7 @@ bench: venv
 		$(BENCH) --methods hf-greedy,ar,hf-pld,medusa --limit $(REF_LIMIT) --turns $(REF_TURNS) --max-new-tokens $(REF_TOKENS) \
 			--shard $$i/$(REF_SHARDS) --out $(REF_RUN)-shard$$i & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || exit 1; done
-	$(PY) -m bench.merge $(REF_RUN) $(REF_RUN)-shard*
+	$(PY) -m bench.merge --out $(REF_RUN) $(REF_RUN)-shard*
 	rm -rf $(REF_RUN)-shard*
 	$(PY) -m bench.summarize $(REF_RUN)
 

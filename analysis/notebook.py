@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import figures, load, tables
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 _SCRATCH: Path | None = None
 

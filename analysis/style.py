@@ -1,31 +1,37 @@
-"""Shared look of the workbench's figures: Agg backend, one palette per method, captions, saving.
+"""Shared look of the workbench's figures: one palette per method, captions, saving.
 
-Every figure is saved twice (PNG at 150 dpi and PDF) through a temporary file and `os.replace`, so
-an interrupted `python -m analysis.figures` never leaves half an image. The caption line at the
-bottom of each figure names the device and model the data came from (`caption`).
+Figures are bare matplotlib `Figure`s (no pyplot, so no backend or global figure registry is
+touched) drawn inside `styled()`, a `matplotlib.rc_context` with the workbench's sizes and grid:
+nothing here changes process-wide matplotlib settings. `analysis.figures.make` applies `styled()`
+around every figure. Every figure is saved twice (PNG at 150 dpi and PDF) through
+`common.io.atomic_write`, so an interrupted `python -m analysis.figures` never leaves half an
+image. The caption line at the bottom of each figure names the device and model the data came
+from (`caption`).
 
-    from analysis.style import new_figure, caption, save
-    fig, ax = new_figure()
-    caption(fig, "AMD EPYC, 1 thread, float32 | smollm2-135m + medusa heads")
-    save(fig, out_dir, "speedup_by_category")   # -> [out_dir/speedup_by_category.png, .pdf]
+    from analysis.style import new_figure, caption, save, styled
+    with styled():
+        fig, axes = new_figure()
+        caption(fig, "AMD EPYC, 1 thread, float32 | smollm2-135m + medusa heads")
+        save(fig, out_dir, "speedup_by_category")   # -> [out_dir/speedup_by_category.png, .pdf]
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from common.io import atomic_write
 
 FORMATS = ("png", "pdf")
 DPI = 150
 
-# Fixed colours so a method looks the same in every figure.
+# Fixed colours so a method looks the same in every figure; other methods take the cycle's colours.
 METHOD_COLORS = {
     "medusa": "#1f77b4",
     "medusa-typical": "#9467bd",
@@ -42,9 +48,9 @@ FAMILY_STYLE = {  # tree family -> (colour, marker)
     "plain": ("#7f7f7f", "x"),
     "optuna": ("#9467bd", "P"),
 }
-CYCLE = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+CYCLE = matplotlib.rcParamsDefault["axes.prop_cycle"].by_key()["color"]
 
-plt.rcParams.update({
+STYLE = {
     "figure.dpi": 100,
     "font.size": 9,
     "axes.titlesize": 9,
@@ -54,16 +60,24 @@ plt.rcParams.update({
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
-})
+}
+
+
+@contextlib.contextmanager
+def styled() -> Iterator[None]:
+    """The workbench's matplotlib settings for the figures drawn inside (restored afterwards)."""
+    with matplotlib.rc_context(STYLE):
+        yield
 
 
 def method_color(method: str, index: int = 0) -> str:
     return METHOD_COLORS.get(method, CYCLE[index % len(CYCLE)])
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.5, height: float = 3.6, **kw):
-    """`plt.subplots` with the workbench's default size per panel."""
-    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False, **kw)
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.5, height: float = 3.6, **kw) -> tuple[Figure, np.ndarray]:
+    """A bare `Figure` with an (nrows, ncols) array of axes, at the workbench's default size per panel."""
+    fig = Figure(figsize=(width * ncols, height * nrows))
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
 
 def caption(fig: Figure, text: str) -> None:
@@ -72,10 +86,8 @@ def caption(fig: Figure, text: str) -> None:
     fig.tight_layout(rect=(0, 0.045, 1, 1))
 
 
-def yerr(value: Iterable[float], lo: Iterable[float], hi: Iterable[float]):
+def yerr(value: Iterable[float], lo: Iterable[float], hi: Iterable[float]) -> np.ndarray | None:
     """Asymmetric error bars from interval ends (NaN ends give no bar); None if there are none."""
-    import numpy as np
-
     v, lo_, hi_ = (np.asarray(list(a), dtype=float) for a in (value, lo, hi))
     if v.size == 0 or not (np.isfinite(lo_).any() or np.isfinite(hi_).any()):
         return None
@@ -83,17 +95,12 @@ def yerr(value: Iterable[float], lo: Iterable[float], hi: Iterable[float]):
 
 
 def save(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:
-    """Write `stem.png` and `stem.pdf` atomically under `out_dir`; closes the figure."""
+    """Write `stem.png` and `stem.pdf` atomically under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    try:
-        for fmt in FORMATS:
-            path = out / f"{stem}.{fmt}"
-            tmp = out / f".{stem}.tmp.{fmt}"
-            fig.savefig(tmp, dpi=DPI, format=fmt)
-            os.replace(tmp, path)
-            paths.append(path)
-    finally:
-        plt.close(fig)
+    for fmt in FORMATS:
+        path = out / f"{stem}.{fmt}"
+        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=DPI, format=fmt))
+        paths.append(path)
     return paths

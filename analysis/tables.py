@@ -18,7 +18,6 @@ vs measured accepted length), ``latency`` (verify time by query tokens).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,8 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import figures, load
-from medusa.errors import WorkbenchError, run_cli
+from analysis import fig_bench, load, load_calibration, load_latency
+from bench.summarize import BASELINES, IDENTICAL, REFERENCE, speedup_metric
+from common.cli import Parser, run_cli
+from common.errors import WorkbenchError
 
 
 def fmt(value: Any, lo: Any = np.nan, hi: Any = np.nan, digits: int = 2, pct: bool = False) -> str:
@@ -68,62 +69,64 @@ def _cell(summary: pd.DataFrame, method: str, category: str, metric: str, **kw: 
 
 # ---- tables -------------------------------------------------------------------------------------
 def speed(results: Path, run: str | None = None, **_: Any) -> str:
-    r = load.pick_run(load.load_runs(results), run, need=("hf-greedy",))
+    r = load.pick_run(load.load_runs(results), run, need=(REFERENCE,))
     s = r.summary
     rows = []
     for m in r.methods:
         n = _metric(s, m, "all", "tokens_per_s")
         rows.append([m, "" if n is None else int(n["n"]) if "n" in n and pd.notna(n["n"]) else "",
-                     _cell(s, m, "all", "tokens_per_s", digits=1),
-                     _cell(s, m, "all", "speedup_vs_hf-greedy_mean"), _cell(s, m, "all", "speedup_vs_ar_mean"),
-                     _cell(s, m, "all", "mean_accepted_length"), _cell(s, m, "all", "identical_to_hf_greedy", pct=True)])
-    body = markdown_table(["method", "prompt turns", "tokens/s", "speedup vs hf-greedy", "speedup vs ar",
-                           "accepted length (tokens/step)", "identical to hf-greedy"], rows)
+                     _cell(s, m, "all", "tokens_per_s", digits=1)]
+                    + [_cell(s, m, "all", speedup_metric(b)) for b in BASELINES]
+                    + [_cell(s, m, "all", "mean_accepted_length"), _cell(s, m, "all", IDENTICAL, pct=True)])
+    body = markdown_table(["method", "prompt turns", "tokens/s"] + [f"speedup vs {b}" for b in BASELINES]
+                          + ["accepted length (tokens/step)", f"identical to {REFERENCE}"], rows)
     return _section(f"Speed, run {r.name} (all categories; 95% bootstrap CI)",
                     load.caption_from_records(r.records, f"run: {load.display(r.dir)}"), body)
 
 
 def categories(results: Path, run: str | None = None, **_: Any) -> str:
-    r = load.pick_run(load.load_runs(results), run, need=("hf-greedy",))
+    r = load.pick_run(load.load_runs(results), run, need=(REFERENCE,))
     s = r.summary
-    methods = [m for m in figures.SPEEDUP_METHODS if m in r.methods]
+    metric = speedup_metric(REFERENCE)
+    methods = fig_bench.speedup_methods(s, metric)
     cats = [c for c in dict.fromkeys(s["category"].astype(str)) if c != "all"] + ["all"]
-    rows = [[c] + [_cell(s, m, c, "speedup_vs_hf-greedy_mean") for m in methods] for c in cats]
+    rows = [[c] + [_cell(s, m, c, metric) for m in methods] for c in cats]
     body = markdown_table(["category"] + [f"{m} speedup" for m in methods], rows)
-    return _section(f"Speedup over hf-greedy per category, run {r.name} (mean of per-prompt ratios)",
+    return _section(f"Speedup over {REFERENCE} per category, run {r.name} (mean of per-prompt ratios)",
                     load.caption_from_records(r.records, f"run: {load.display(r.dir)}"), body)
 
 
 def budget(results: Path, **_: Any) -> str:
     runs = load.load_runs(results, quiet=True)
-    pts = figures.budget_points(runs)
+    pts = fig_bench.budget_points(runs)
     pts = pts.sort_values(["node_budget", "family"])
-    rows = [[p.tree if p.method == "medusa" else "(plain, ar)", figures.FAMILY_LABELS[p.family], int(p.node_budget),
+    rows = [[p.tree if p.family != "plain" else f"(plain, {p.method})", fig_bench.FAMILY_LABELS[p.family], int(p.node_budget),
              fmt(p.mean_accepted_length, p.mean_accepted_length_lo, p.mean_accepted_length_hi),
              fmt(p.tokens_per_s, p.tokens_per_s_lo, p.tokens_per_s_hi, digits=1), p.run] for p in pts.itertuples()]
     body = markdown_table(["tree", "family", "nodes", "accepted length (tokens/step)", "tokens/s", "run"], rows)
     names = set(pts["run"])
-    return _section("Accepted length and speed against tree size (method medusa, greedy acceptance)",
-                    load.caption_from_records(figures.runs_records(runs, names), f"{len(names)} runs"), body)
+    return _section("Accepted length and speed against tree size (greedy methods with a tree)",
+                    load.caption_from_records(fig_bench.runs_records(runs, names), f"{len(names)} runs"), body)
 
 
 def typical(results: Path, temperature: float | None = None, **_: Any) -> str:
     runs = load.load_runs(results, quiet=True)
-    typ, refs, temp = figures.typical_points(runs, temperature)
-    measures = [q for q in figures.QUALITY_LABELS if typ[q].notna().any() or refs[q].notna().any()]
+    typ, refs, temp = fig_bench.typical_points(runs, temperature)
+    swept = typ["method"].iloc[0]
+    measures = [q for q in fig_bench.QUALITY_LABELS if typ[q].notna().any() or refs[q].notna().any()]
     rows = []
     for p in pd.concat([typ, refs], ignore_index=True).itertuples():
-        label = f"medusa-typical eps={p.posterior_threshold:g}" if p.method == "medusa-typical" else p.method
+        label = f"{p.method} eps={p.posterior_threshold:g}" if p.method == swept else p.method
         rows.append([label, fmt(p.mean_accepted_length, p.mean_accepted_length_lo, p.mean_accepted_length_hi)]
                     + [fmt(getattr(p, q), getattr(p, q + "_lo"), getattr(p, q + "_hi"), digits=3) for q in measures])
-    body = markdown_table(["method", "accepted length (tokens/step)"] + [figures.QUALITY_LABELS[q] for q in measures], rows)
+    body = markdown_table(["method", "accepted length (tokens/step)"] + [fig_bench.QUALITY_LABELS[q] for q in measures], rows)
     names = set(typ["run"]) | set(refs["run"])
     return _section(f"Typical acceptance at T={temp:g}: accepted length and quality per eps",
-                    load.caption_from_records(figures.runs_records(runs, names), f"{len(names)} runs"), body)
+                    load.caption_from_records(fig_bench.runs_records(runs, names), f"{len(names)} runs"), body)
 
 
 def heads(results: Path, calibration: str | None = None, **_: Any) -> str:
-    acc = load.head_accuracy(results, calibration)
+    acc = load_calibration.head_accuracy(results, calibration)
     t = acc.table
     r_max = int(t["topk"].max())
     ks = [k for k in (1, 2, 3, 5, 10) if k <= r_max] + ([r_max] if r_max not in (1, 2, 3, 5, 10) else [])
@@ -133,11 +136,11 @@ def heads(results: Path, calibration: str | None = None, **_: Any) -> str:
         rows.append([h, int(g["positions"].iloc[0])] + [fmt(g.loc[k, "accuracy"], g.loc[k, "lo"], g.loc[k, "hi"], pct=True) for k in ks])
     body = markdown_table(["head (1-based)", "positions"] + [f"top-{k}" for k in ks], rows)
     return _section("Head accuracy: true token within the head's top-i (95% Wilson CI)",
-                    load.calibration_caption(acc.meta, acc.source), body)
+                    load_calibration.calibration_caption(acc.meta, acc.source), body)
 
 
 def validation(results: Path, **_: Any) -> str:
-    v = load.load_validation(results)
+    v = load_calibration.load_validation(results)
     models = [c for c in ("independence", "empirical", "replay") if f"predicted_{c}" in v.columns]
 
     def predicted(value: float, measured: float) -> str:
@@ -153,13 +156,13 @@ def validation(results: Path, **_: Any) -> str:
     cal = load.results_path(results) / "calibration" / str(v["calibration"].iloc[0])
     files = ", ".join(dict.fromkeys(v["file"].astype(str)))
     return _section("Acceptance models: predicted vs measured accepted length (tokens/step)",
-                    load.calibration_caption(load.read_json(cal / "calibration.json"), cal / files), body)
+                    load_calibration.calibration_caption(load.read_json(cal / "calibration.json"), cal / files), body)
 
 
 def latency(results: Path, **_: Any) -> str:
     parts = []
-    for path in load.latency_files(results):
-        df = load.load_latency(path)
+    for path in load_latency.latency_files(results):
+        df = load_latency.load_latency(path)
         for (backbone, dtype), d in df.groupby(["backbone", "dtype"], sort=False):
             ctxs = sorted(d["context"].unique())
             wide = d.pivot_table(index="n_query", columns="context", values="median_s", aggfunc="first")
@@ -169,7 +172,7 @@ def latency(results: Path, **_: Any) -> str:
             body += (f"\n\nMemory floor (weights / {first['mem_bandwidth_gbs']:.1f} GB/s): {1e3 * first['floor_s']:.2f} ms; "
                      f"matmul {first['matmul_gflops']:.0f} GFLOP/s.")
             parts.append(_section(f"Verify forward time, {backbone} {dtype} (median)",
-                                  f"device: {first['device']} | model: {backbone} | source: {load.display(path)}", body))
+                                  f"device: {first['device_name']} | model: {backbone} | source: {load.display(path)}", body))
     return "\n".join(parts)
 
 
@@ -187,7 +190,7 @@ def make(name: str, results: str | Path | None = None, **options: Any) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m analysis.tables", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help=f"tables to print (default: all): {', '.join(TABLES)}")
     p.add_argument("--results", default=None, help="results folder (default: the repository's results/)")
     p.add_argument("--run", default=None, help="benchmark run for the speed tables (default: mtbench or the largest)")

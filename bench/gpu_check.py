@@ -19,7 +19,6 @@ optional model folder; finishes within ~8 minutes and writes everything under `-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,11 +29,17 @@ from pathlib import Path
 import torch
 
 from bench.latency import LatencyConfig, profile_backbone, write_profile
-from bench.provenance import device_slug, provenance
+from bench.prompts import load_bench_prompts
+from common.cli import Parser, run_cli
+from common.errors import WorkbenchError
+from common.io import write_json
+from common.provenance import Provenance, device_slug
 from medusa.backbone import Backbone, load_backbone
-from medusa.decode import DecodeConfig, generate
-from medusa.errors import WorkbenchError, run_cli
+from medusa.decode import DecodeConfig, cache_kwarg, generate
+from medusa.kv_cache import StaticKV
+from medusa.resolve import resolve_heads
 from medusa.testing import OracleProposer, RandomProposer, greedy_reference, tiny_backbone
+from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask
 from trees.tree import chain, default_tree, preset
 
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -73,15 +78,6 @@ def correctness(device: str) -> dict:
 
 @torch.inference_mode()
 def tree_logits_error(bb: Backbone) -> float:
-    from medusa.decode import cache_kwarg
-    from medusa.kv_cache import StaticKV
-    from medusa.tree_attention import (
-        causal_mask,
-        tree_buffers,
-        tree_candidates,
-        verify_attention_mask,
-    )
-
     device, model = bb.device, bb.model
     decoder, arg = model.base_model, cache_kwarg(model.base_model)
     prompt = [1, 5, 7, 9, 11, 3]
@@ -108,10 +104,7 @@ def tree_logits_error(bb: Backbone) -> float:
 
 def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> list[dict]:
     """ar vs medusa (shipped heads, default tree) tokens/s on the first MT-Bench questions."""
-    from bench.prompts import load_bench_prompts
-    from medusa.generate import resolve_heads
-
-    heads = resolve_heads(bb, None)
+    heads = resolve_heads(None, bb).heads
     rows = []
     prompts = load_bench_prompts("mtbench", limit=1)[:n_prompts]
     for tree in (preset("root"), default_tree()):
@@ -126,7 +119,7 @@ def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--model-dir", default=None, help="folder holding SmolLM2 as a HF folder (config.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -137,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WorkbenchError(f"cannot create output folder {out}: {e.strerror}") from None
-    report: dict = {"provenance": provenance(args.device), "smoke": args.smoke, "phases": {}}
+    report: dict = {"provenance": Provenance.collect(args.device).as_dict(), "smoke": args.smoke, "phases": {}}
 
     def phase(name, fn):
         t = time.perf_counter()
@@ -145,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["phases"][name] = {"result": fn(), "seconds": round(time.perf_counter() - t, 2)}
         except Exception as e:  # a failing phase is recorded; later phases still run
             report["phases"][name] = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}
-        (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+        write_json(report, out / "report.json", indent=1)
         print(f"[{name}] {json.dumps(report['phases'][name], default=str)[:400]}", flush=True)
 
     phase("correctness", lambda: correctness(args.device))
@@ -175,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phase("speed_ar_vs_medusa", lambda: speed(real, 2 if args.smoke else 8, 32 if args.smoke else 256))
     else:
         report["phases"]["speed_ar_vs_medusa"] = {"skipped": "needs the real SmolLM2 weights"}
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    write_json(report, out / "report.json", indent=1)
     failed = [k for k, v in report["phases"].items() if "error" in v]
     print(f"wrote {out}/report.json; failed phases: {failed or 'none'}")
     return 1 if failed else 0

@@ -9,20 +9,19 @@ read bandwidth and matrix throughput, so the weights-over-bandwidth floor can be
     python -m bench.latency                      # SmolLM2 on this CPU -> results/latency/<device>.csv
     python -m bench.latency --device cuda --dtype bfloat16 --contexts 128,512,1024
 
-The tree search reads the CSV through `load_profile(...).verify_time(n_query, context)`.
+The tree search reads the CSV through `trees.cost.load_profile(...).verify_time(n_query, context)`.
 
-CSV columns (one row per context x n_query): device_slug, device, backbone, dtype, threads,
-context, n_query, median_s, p10_s, p90_s, decoder_s, lm_head_s, repeats, weight_bytes,
-mem_bandwidth_gbs, matmul_gflops, floor_s (weights / bandwidth), commit, date, torch, transformers.
+CSV columns (one row per context x n_query): device_slug, backbone, context, n_query, median_s,
+p10_s, p90_s, decoder_s, lm_head_s, repeats, weight_bytes, mem_bandwidth_gbs, matmul_gflops,
+floor_s (weights / bandwidth), then the provenance columns of `common.provenance.Provenance`
+(commit, date, device_name, torch_version, transformers_version, threads, dtype). Profiles written
+before that schema (columns device, torch, transformers) are read through `upgrade_columns`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,19 +31,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.provenance import REPO_ROOT, device_slug, provenance
+from common.cli import Parser, add_dtype, add_threads, apply_threads, comma_list, run_cli
+from common.errors import WorkbenchError
+from common.io import write_csv
+from common.provenance import PROVENANCE_COLUMNS, Provenance, device_slug
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.decode import cache_kwarg
-from medusa.errors import WorkbenchError, run_cli
 from medusa.kv_cache import StaticKV
 from medusa.tree_attention import causal_mask
+from trees.cost import default_profile_path, load_table
 
-LATENCY_DIR = REPO_ROOT / "results" / "latency"
-COLUMNS = [
-    "device_slug", "device", "backbone", "dtype", "threads", "context", "n_query", "median_s", "p10_s",
-    "p90_s", "decoder_s", "lm_head_s", "repeats", "weight_bytes", "mem_bandwidth_gbs", "matmul_gflops",
-    "floor_s", "commit", "date", "torch", "transformers",
+MEASURED_COLUMNS = [
+    "device_slug", "backbone", "context", "n_query", "median_s", "p10_s", "p90_s", "decoder_s", "lm_head_s",
+    "repeats", "weight_bytes", "mem_bandwidth_gbs", "matmul_gflops", "floor_s",
 ]
+COLUMNS = MEASURED_COLUMNS + list(PROVENANCE_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,6 @@ class LatencyConfig:
     n_queries: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     repeats: int = 7
     warmup: int = 2
-
-
-def default_profile_path(device: str = "cpu") -> Path:
-    """This machine's profile file: results/latency/<device slug>.csv."""
-    return LATENCY_DIR / f"{device_slug(device)}.csv"
 
 
 def _sync(device: torch.device) -> None:
@@ -94,79 +90,75 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int = 1024, repe
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-@torch.inference_mode()
-def profile_backbone(backbone: Backbone, config: LatencyConfig, progress: bool = True) -> pd.DataFrame:
-    """Measure verify-forward times; returns the tidy table (see module docstring)."""
+def _time_verify(backbone: Backbone, cache: StaticKV, ctx: int, n: int, config: LatencyConfig,
+                 gen: torch.Generator) -> tuple[list[float], list[float], list[float]]:
+    """Times (decoder, LM head, total) of repeated n-token verify forwards after `ctx` cached tokens."""
     model, device, dtype = backbone.model, backbone.device, backbone.dtype
     decoder, lm_head = model.base_model, model.get_output_embeddings()
     arg = cache_kwarg(decoder)
-    max_ctx = max(config.contexts) + max(config.n_queries)
-    if max_ctx > backbone.max_positions:
+    ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
+    pos = torch.arange(ctx, ctx + n, device=device)[None]
+    # A causal block stands in for the tree mask: same shape, same cost.
+    full = torch.zeros(1, 1, n, ctx + n, dtype=dtype, device=device)
+    full[..., ctx:] = causal_mask(n, n, dtype, device)
+    dec_t, head_t, tot_t = [], [], []
+    for r in range(config.warmup + config.repeats):
+        cache.length = ctx
+        _sync(device)
+        t0 = time.perf_counter()
+        h = decoder(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
+                    **{arg: cache.hf_cache}).last_hidden_state
+        _sync(device)
+        t1 = time.perf_counter()
+        lm_head(h[0])
+        _sync(device)
+        t2 = time.perf_counter()
+        if r >= config.warmup:
+            dec_t.append(t1 - t0)
+            head_t.append(t2 - t1)
+            tot_t.append(t2 - t0)
+    cache.length = ctx
+    return dec_t, head_t, tot_t
+
+
+def _prefill_context(backbone: Backbone, ctx: int, capacity: int, gen: torch.Generator) -> StaticKV:
+    """A static cache holding `ctx` random prompt tokens."""
+    model, device = backbone.model, backbone.device
+    cache = StaticKV(int(model.config.num_hidden_layers), capacity)
+    prompt = torch.randint(0, backbone.vocab_size, (1, ctx), generator=gen).to(device)
+    model.base_model(input_ids=prompt, position_ids=torch.arange(ctx, device=device)[None],
+                     attention_mask=causal_mask(ctx, ctx, backbone.dtype, device), use_cache=True,
+                     **{cache_kwarg(model.base_model): cache.hf_cache})
+    cache.advance(ctx)
+    return cache
+
+
+@torch.inference_mode()
+def profile_backbone(backbone: Backbone, config: LatencyConfig, progress: bool = True) -> pd.DataFrame:
+    """Measure verify-forward times; returns the tidy table (see module docstring)."""
+    device = backbone.device
+    if max(config.contexts) + max(config.n_queries) > backbone.max_positions:
         raise WorkbenchError(f"context {max(config.contexts)} + {max(config.n_queries)} queries exceeds the model's {backbone.max_positions} positions")
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     bandwidth = measure_bandwidth(device)
-    gflops = measure_matmul(device, dtype)
-    prov = provenance(str(device), dtype)
+    machine = {"weight_bytes": weight_bytes, "mem_bandwidth_gbs": bandwidth,
+               "matmul_gflops": measure_matmul(device, backbone.dtype), "floor_s": weight_bytes / (bandwidth * 1e9)}
+    prov = Provenance.collect(str(device), backbone.dtype).as_dict()
     gen = torch.Generator().manual_seed(0)
     rows = []
     total = len(config.contexts) * len(config.n_queries)
-    done = 0
     for ctx in config.contexts:
-        cache = StaticKV(int(model.config.num_hidden_layers), ctx + max(config.n_queries))
-        prompt = torch.randint(0, backbone.vocab_size, (1, ctx), generator=gen).to(device)
-        decoder(input_ids=prompt, position_ids=torch.arange(ctx, device=device)[None],
-                attention_mask=causal_mask(ctx, ctx, dtype, device), use_cache=True, **{arg: cache.hf_cache})
-        cache.advance(ctx)
+        cache = _prefill_context(backbone, ctx, ctx + max(config.n_queries), gen)
         for n in config.n_queries:
-            ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
-            pos = torch.arange(ctx, ctx + n, device=device)[None]
-            # A causal block stands in for the tree mask: same shape, same cost.
-            mask = causal_mask(n, n, dtype, device)
-            full = torch.zeros(1, 1, n, ctx + n, dtype=dtype, device=device)
-            full[..., ctx:] = mask
-            dec_t, head_t, tot_t = [], [], []
-            for r in range(config.warmup + config.repeats):
-                cache.length = ctx
-                _sync(device)
-                t0 = time.perf_counter()
-                h = decoder(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
-                            **{arg: cache.hf_cache}).last_hidden_state
-                _sync(device)
-                t1 = time.perf_counter()
-                lm_head(h[0])
-                _sync(device)
-                t2 = time.perf_counter()
-                if r >= config.warmup:
-                    dec_t.append(t1 - t0)
-                    head_t.append(t2 - t1)
-                    tot_t.append(t2 - t0)
-            cache.length = ctx
+            dec_t, head_t, tot_t = _time_verify(backbone, cache, ctx, n, config, gen)
             rows.append({
-                "device_slug": device_slug(str(device)),
-                "device": prov["device"],
-                "backbone": backbone.name,
-                "dtype": prov["dtype"],
-                "threads": prov["threads"],
-                "context": ctx,
-                "n_query": n,
-                "median_s": statistics.median(tot_t),
-                "p10_s": float(np.percentile(tot_t, 10)),
-                "p90_s": float(np.percentile(tot_t, 90)),
-                "decoder_s": statistics.median(dec_t),
-                "lm_head_s": statistics.median(head_t),
-                "repeats": config.repeats,
-                "weight_bytes": weight_bytes,
-                "mem_bandwidth_gbs": bandwidth,
-                "matmul_gflops": gflops,
-                "floor_s": weight_bytes / (bandwidth * 1e9),
-                "commit": prov["commit"],
-                "date": prov["date"],
-                "torch": prov["torch"],
-                "transformers": prov["transformers"],
+                "device_slug": device_slug(str(device)), "backbone": backbone.name, "context": ctx, "n_query": n,
+                "median_s": statistics.median(tot_t), "p10_s": float(np.percentile(tot_t, 10)),
+                "p90_s": float(np.percentile(tot_t, 90)), "decoder_s": statistics.median(dec_t),
+                "lm_head_s": statistics.median(head_t), "repeats": config.repeats, **machine, **prov,
             })
-            done += 1
             if progress:
-                print(f"  context {ctx:5d}  n_query {n:4d}  {statistics.median(tot_t) * 1e3:8.2f} ms  ({done}/{total})",
+                print(f"  context {ctx:5d}  n_query {n:4d}  {statistics.median(tot_t) * 1e3:8.2f} ms  ({len(rows)}/{total})",
                       file=sys.stderr)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -175,103 +167,38 @@ def write_profile(df: pd.DataFrame, path: Path) -> Path:
     """Write atomically; rows of other backbones/dtypes already in the file are kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
-        old = pd.read_csv(path)
+        old = load_table(path)
         keys = set(zip(df["backbone"], df["dtype"]))
         old = old[[(b, d) not in keys for b, d in zip(old["backbone"], old["dtype"])]]
         df = pd.concat([old, df], ignore_index=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        df.to_csv(f, index=False)
-    os.replace(f.name, path)
-    return path
+    return write_csv(df, path)
 
 
-@dataclass(frozen=True)
-class LatencyProfile:
-    """Measured verify time, interpolated in query tokens and context."""
-
-    table: pd.DataFrame
-    device: str
-    backbone: str
-
-    def verify_time(self, n_query: int, context: int = 512) -> float:
-        """Seconds for one verify forward of `n_query` tokens after `context` cached tokens."""
-        if n_query < 1:
-            raise WorkbenchError(f"n_query must be >= 1, got {n_query}")
-        contexts = sorted(self.table["context"].unique())
-        per_ctx = [self._at_context(c, n_query) for c in contexts]
-        if len(contexts) == 1:
-            return per_ctx[0]
-        return float(np.interp(context, contexts, per_ctx))
-
-    def step_floor(self) -> float:
-        """Weights-over-bandwidth floor of one forward, in seconds."""
-        return float(self.table["floor_s"].iloc[0])
-
-    def _at_context(self, context: int, n_query: int) -> float:
-        sub = self.table[self.table["context"] == context].sort_values("n_query")
-        ns, ts = sub["n_query"].to_numpy(float), sub["median_s"].to_numpy(float)
-        if n_query > ns[-1] and len(ns) >= 2:  # linear extrapolation past the last measurement
-            slope = (ts[-1] - ts[-2]) / (ns[-1] - ns[-2])
-            return float(ts[-1] + slope * (n_query - ns[-1]))
-        return float(np.interp(n_query, ns, ts))
-
-
-def load_profile(path: str | os.PathLike | None = None, backbone: str | None = None,
-                 dtype: str | None = None) -> LatencyProfile:
-    """Read a latency CSV (default: this machine's), optionally for one backbone and dtype."""
-    path = Path(path) if path is not None else default_profile_path()
-    if not path.is_file():
-        raise WorkbenchError(f"no latency profile at {path} (run `python -m bench.latency` on this machine first)")
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise WorkbenchError(f"latency profile {path} is malformed: {e}") from None
-    missing = {"context", "n_query", "median_s", "backbone", "dtype"} - set(table.columns)
-    if missing:
-        raise WorkbenchError(f"latency profile {path} lacks columns {sorted(missing)}")
-    if backbone is not None:
-        table = table[table["backbone"] == backbone]
-    if dtype is not None:
-        table = table[table["dtype"] == dtype]
-    if table.empty:
-        raise WorkbenchError(f"latency profile {path} has no rows for backbone={backbone} dtype={dtype}")
-    # Several backbones/dtypes in one file: take the first unless asked.
-    first = table.iloc[0]
-    table = table[(table["backbone"] == first["backbone"]) & (table["dtype"] == first["dtype"])]
-    return LatencyProfile(table=table.reset_index(drop=True), device=str(first.get("device", "")),
-                          backbone=str(first["backbone"]))
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise WorkbenchError(f"expected comma-separated integers, got {text!r}") from None
+def positive_ints(text: str, flag: str) -> tuple[int, ...]:
+    vals = tuple(comma_list(text, int, flag))
     if not vals or min(vals) < 1:
-        raise WorkbenchError(f"expected positive integers, got {text!r}")
+        raise WorkbenchError(f"{flag}: expected positive integers, got {text!r}")
     return vals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     d = LatencyConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
+    add_dtype(p)
     p.add_argument("--contexts", default=",".join(map(str, d.contexts)))
     p.add_argument("--n-queries", default=",".join(map(str, d.n_queries)))
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
+    add_threads(p)
     p.add_argument("--out", default=None, help="CSV path (default results/latency/<device>.csv)")
     args = p.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise WorkbenchError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     if args.repeats < 1:
         raise WorkbenchError("--repeats must be >= 1")
-    config = LatencyConfig(_ints(args.contexts), _ints(args.n_queries), args.repeats, args.warmup)
+    config = LatencyConfig(positive_ints(args.contexts, "--contexts"), positive_ints(args.n_queries, "--n-queries"),
+                           args.repeats, args.warmup)
     out = Path(args.out) if args.out else default_profile_path(args.device)
     backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
     df = profile_backbone(backbone, config)

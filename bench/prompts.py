@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
+from medusa import data
 
 PROMPT_SETS = ("mtbench", "sharegpt", "gsm8k")
 
@@ -44,9 +45,7 @@ class BenchPrompt:
     turns: tuple[str, ...]
 
 
-def _load_source(source: str):
-    from medusa import data
-
+def _load_source(source: str) -> list[data.Prompt]:
     if source == "mtbench":
         return data.load_mtbench()
     if source == "sharegpt":

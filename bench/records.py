@@ -2,8 +2,10 @@
 
 A run folder (``results/bench/<run>/``) holds
 
-- ``run.json``      the run's settings (`BenchConfig`), the tree's paths, and one provenance entry
-                    per session that wrote to the folder (`Provenance`);
+- ``run.json``      the run's identity (the settings that change outputs or speeds, with the tree's
+                    paths and each method's resolved options under ``method_options``) and one
+                    entry per session that wrote to the folder (`common.provenance.Provenance`
+                    fields, the methods, the shard and the `BenchConfig`);
 - ``records.csv``   one row per (prompt, turn, method, repeat): the columns of `Record`, below;
 - ``tokens.jsonl``  one JSON object per row with the same key and the bulky fields of `Tokens`
                     (prompt and output token ids, answer text, per-step accepted lengths and times);
@@ -19,10 +21,15 @@ after the prompt, truncated at and including the first EOS, capped at `max_new_t
 applied to transformers `generate` outputs and to the engine's outputs alike.
 
 **Atomic writes.** `RecordStore.append` first appends the record's tokens line to
-``tokens.jsonl`` in one `write` call, then rewrites ``records.csv`` through a temporary file and
-`os.replace`. A record exists once its CSV row exists; a tokens line without a row (the process was
-killed between the two writes) or a torn last line is dropped when the store is opened again. So
-Ctrl-C or a kill at any moment leaves valid files, and resuming never duplicates a row.
+``tokens.jsonl`` in one `write` call, then rewrites ``records.csv`` through `common.io.atomic_write`.
+A record exists once its CSV row exists; a tokens line without a row (the process was killed
+between the two writes) or a torn last line is dropped when the store is opened again. So Ctrl-C or
+a kill at any moment leaves valid files, and resuming never duplicates a row.
+
+**Schema versions.** v2 (now) records each method's own settings as one JSON column,
+``method_options``, and in run.json's identity as ``method_options`` (method -> options). v1 had a
+``pld_tokens`` column and ``pld_tokens``/``pld_max_ngram`` identity keys; `read_records_csv` and
+`read_run_json`, the only readers, upgrade v1 on read, and `bench.migrate` rewrites v1 folders once.
 
 Analysis code reads runs through `load_run` (records as a pandas DataFrame, tokens by key).
 """
@@ -30,21 +37,21 @@ Analysis code reads runs through `load_run` (records as a pandas DataFrame, toke
 from __future__ import annotations
 
 import csv
-import datetime as _dt
+import io
 import json
 import math
 import os
-import platform
-import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from medusa.errors import WorkbenchError
+import pandas as pd
 
-SCHEMA_VERSION = 1
+from common.errors import WorkbenchError
+from common.io import atomic_write, display, read_json
+
+SCHEMA_VERSION = 2
 RUN_FILE = "run.json"
 RECORDS_FILE = "records.csv"
 TOKENS_FILE = "tokens.jsonl"
@@ -52,7 +59,6 @@ SUMMARY_FILE = "summary.csv"
 MISMATCHES_FILE = "mismatches.csv"
 
 KEY_COLUMNS = ("question_id", "turn", "method", "repeat")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def count_new_tokens(new_ids: Sequence[int], eos_token_ids: Iterable[int], max_new_tokens: int) -> list[int]:
@@ -67,67 +73,13 @@ def count_new_tokens(new_ids: Sequence[int], eos_token_ids: Iterable[int], max_n
 
 
 @dataclass(frozen=True)
-class Provenance:
-    """Where and with what a record was measured; repeated on every row."""
-
-    commit: str
-    date: str
-    device_name: str
-    torch_version: str
-    transformers_version: str
-    threads: int
-    dtype: str
-
-    @classmethod
-    def collect(cls, device: str, threads: int, dtype: str) -> Provenance:
-        import torch
-        import transformers
-
-        return cls(
-            commit=git_commit(),
-            date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            device_name=device_name(device),
-            torch_version=torch.__version__,
-            transformers_version=transformers.__version__,
-            threads=threads,
-            dtype=dtype,
-        )
-
-
-def git_commit() -> str:
-    """HEAD's short hash, with ``+dirty`` when the working tree differs; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def device_name(device: str) -> str:
-    """The accelerator's name, or the CPU model for CPU runs."""
-    import torch
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-@dataclass(frozen=True)
 class Record:
     """One row of records.csv: one answer of one method to one turn of one prompt.
 
     Config columns that do not apply to a method are empty (NaN when read): `tree` for the HF
-    methods, `pld_tokens` outside `hf-pld`. Engine-only columns (`steps`, `accepted_tokens`,
-    the time split) are empty for the transformers methods.
+    methods, eps and delta outside typical acceptance; `method_options` is the method's own
+    resolved options as compact JSON (``{}`` when it has none). Engine-only columns (`steps`,
+    `accepted_tokens`, the time split) are empty for the transformers methods.
     """
 
     # identity
@@ -147,7 +99,7 @@ class Record:
     temperature: float
     posterior_threshold: float  # eps
     posterior_alpha: float  # delta
-    pld_tokens: float
+    method_options: str  # JSON of the method's resolved options, e.g. {"max_ngram":2,"num_tokens":10}
     max_new_tokens: int
     seed: int
     # measurement
@@ -238,25 +190,7 @@ def _parse(name: str, text: str) -> Any:
     return text
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def records_csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    import io
-
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -265,13 +199,72 @@ def records_csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+# ---- schema v1 (pld_tokens column, pld_* identity keys) -> v2 (method_options) ------------------
+V1_COLUMNS: tuple[str, ...] = tuple("pld_tokens" if c == "method_options" else c for c in COLUMNS)
+_V1_PLD_METHOD = "hf-pld"
+_V1_PLD_MAX_NGRAM = 2  # the only value v1 runs used when run.json does not say
+
+
+def _v1_pld_options(num_tokens: Any, max_ngram: Any) -> dict[str, int]:
+    """hf-pld's options in v2 form (the field names of `bench.methods.hf_pld.PLDOptions`)."""
+    return {"num_tokens": int(num_tokens), "max_ngram": int(max_ngram)}
+
+
+def upgrade_v1_row(raw: dict[str, str], pld_max_ngram: int = _V1_PLD_MAX_NGRAM) -> dict[str, str]:
+    """A v1 records.csv row (strings) in v2 form: `pld_tokens` -> `method_options` JSON.
+
+    v1 rows did not carry hf-pld's `max_ngram`: it comes from the run's identity.
+    """
+    row = {c: v for c, v in raw.items() if c != "pld_tokens"}
+    options: dict[str, Any] = {}
+    if raw.get("pld_tokens", "") != "":
+        options = _v1_pld_options(float(raw["pld_tokens"]), pld_max_ngram)
+    row["method_options"] = json.dumps(options, sort_keys=True, separators=(",", ":"))
+    return row
+
+
+def upgrade_run_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A v1 run.json in v2 form: the pld identity and session-config keys -> `method_options`."""
+    if int(info.get("schema_version", 1)) >= 2:
+        return info
+    sessions = info.get("sessions", [])
+    ran_pld = any(_V1_PLD_METHOD in s.get("methods", ()) for s in sessions)
+
+    def pld_options(d: dict[str, Any]) -> dict[str, Any]:
+        return {_V1_PLD_METHOD: _v1_pld_options(d.get("pld_tokens", 10), d.get("pld_max_ngram", _V1_PLD_MAX_NGRAM))}
+
+    def upgrade(d: dict[str, Any], has_pld: bool) -> dict[str, Any]:
+        """`d` with `method_options` in place of the pld keys (key order otherwise kept)."""
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in ("pld_tokens", "pld_max_ngram"):
+                out.setdefault("method_options", pld_options(d) if has_pld else {})
+            else:
+                out[k] = v
+        return out
+
+    upgraded = dict(info, schema_version=SCHEMA_VERSION)
+    if isinstance(info.get("identity"), dict):
+        upgraded["identity"] = upgrade(info["identity"], ran_pld)
+    upgraded["sessions"] = [dict(s, config=upgrade(s["config"], _V1_PLD_METHOD in s.get("methods", ())))
+                            if isinstance(s.get("config"), dict) else s for s in sessions]
+    return upgraded
+
+
 def read_records_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a records.csv as typed dicts (refuses a file written with another schema)."""
+    """Rows of a records.csv as typed dicts; v1 files are upgraded, other schemas refused."""
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
+        columns = tuple(reader.fieldnames or ())
+        if columns == COLUMNS:
+            raw = list(reader)
+        elif columns == V1_COLUMNS:
+            identity = (read_run_json(path.parent) or {}).get("identity") or {}
+            pld = (identity.get("method_options") or {}).get(_V1_PLD_METHOD) or {}
+            raw = [upgrade_v1_row(r, pld.get("max_ngram", _V1_PLD_MAX_NGRAM)) for r in reader]
+        else:
             raise WorkbenchError(f"{path} does not have the schema v{SCHEMA_VERSION} columns; use a new --out")
-        return [{c: _parse(c, r[c]) for c in COLUMNS} for r in reader]
+    return [{c: _parse(c, r[c]) for c in COLUMNS} for r in raw]
 
 
 def read_tokens_jsonl(path: Path) -> dict[tuple[str, int, str, int], dict[str, Any]]:
@@ -322,10 +315,10 @@ class RecordStore:
 
     def _write_tokens(self) -> None:
         order = [record_key(r) for r in self.ordered_rows()]
-        atomic_write_text(self.tokens_path, "".join(json.dumps(self.tokens[k]) + "\n" for k in order))
+        atomic_write(self.tokens_path, "".join(json.dumps(self.tokens[k]) + "\n" for k in order))
 
     def _write_records(self) -> None:
-        atomic_write_text(self.records_path, records_csv_text(self.ordered_rows()))
+        atomic_write(self.records_path, records_csv_text(self.ordered_rows()))
 
     def append(self, record: Record, tokens: Tokens) -> None:
         if record.key != tokens.key:
@@ -353,23 +346,23 @@ class RecordStore:
 
 
 def read_run_json(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A run folder's run.json in the current schema (v1 upgraded), or None when there is none."""
     path = Path(directory) / RUN_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise WorkbenchError(f"{path} is not valid JSON ({e.msg})") from None
+    info = read_json(path, "run settings")
+    if not isinstance(info, dict):
+        raise WorkbenchError(f"{display(path)} is not a JSON object")
+    return upgrade_run_info(info)
 
 
 def write_run_json(directory: str | os.PathLike, data: dict[str, Any]) -> None:
-    atomic_write_text(Path(directory) / RUN_FILE, json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=1) + "\n")
+    data = {k: v for k, v in data.items() if k != "schema_version"}
+    atomic_write(Path(directory) / RUN_FILE, json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=1) + "\n")
 
 
-def load_run(directory: str | os.PathLike):
+def load_run(directory: str | os.PathLike) -> tuple[pd.DataFrame, dict[tuple[str, int, str, int], dict[str, Any]], dict[str, Any]]:
     """(records DataFrame in canonical order, tokens by key, run.json dict) of a run folder."""
-    import pandas as pd
-
     directory = Path(directory)
     if not (directory / RECORDS_FILE).is_file():
         raise WorkbenchError(f"no {RECORDS_FILE} in {directory} (is it a bench run folder?)")

@@ -27,7 +27,6 @@ over units (paired: a resample draws the same units for a method and its baselin
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,13 +36,23 @@ import numpy as np
 import pandas as pd
 
 from bench import records as R
-from medusa.errors import WorkbenchError, run_cli
+from common.cli import Parser, run_cli
+from common.errors import WorkbenchError
+from common.io import atomic_write, write_csv
 
-BASELINES = ("hf-greedy", "ar")
+# The one place the reference is named: every greedy method must reproduce its output token for
+# token, and it is the first speedup baseline (analysis reads these constants, never the names).
 REFERENCE = "hf-greedy"
+BASELINES = (REFERENCE, "ar")
+IDENTICAL = "identical_to_" + REFERENCE.replace("-", "_")
 QUALITY = ("loglik_per_token", "argmax_agreement", "greedy_prefix", "distinct_2", "repetition_rate", "answer_tokens")
 SUMMARY_COLUMNS = ("method", "category", "metric", "value", "lo", "hi", "n")
 ALL = "all"
+
+
+def speedup_metric(base: str, kind: str = "mean") -> str:
+    """The summary metric of the speedup over `base`: ``speedup_vs_<base>_mean`` or ``..._total``."""
+    return f"speedup_vs_{base}_{kind}"
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -168,15 +177,15 @@ def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, se
                     continue
                 arrays = [mu.loc[common, "new_tokens"].to_numpy(float), mu.loc[common, "wall_s"].to_numpy(float),
                           bu.loc[common, "new_tokens"].to_numpy(float), bu.loc[common, "wall_s"].to_numpy(float)]
-                emit(method, category, f"speedup_vs_{base}_mean", *bootstrap(_mean_ratio, arrays, resamples, seed), len(common))
-                emit(method, category, f"speedup_vs_{base}_total", *bootstrap(_total_ratio, arrays, resamples, seed), len(common))
+                emit(method, category, speedup_metric(base, "mean"), *bootstrap(_mean_ratio, arrays, resamples, seed), len(common))
+                emit(method, category, speedup_metric(base, "total"), *bootstrap(_total_ratio, arrays, resamples, seed), len(common))
             steps = mu["steps"].to_numpy(float)
             if np.nansum(steps) > 0:
                 emit(method, category, "mean_accepted_length",
                      *bootstrap(_ratio_of_sums, [mu["accepted_tokens"].to_numpy(float), steps], resamples, seed), n)
             ident = recs["identical"].dropna()
             if len(ident):
-                emit(method, category, "identical_to_hf_greedy", float(ident.mean()), np.nan, np.nan, len(ident))
+                emit(method, category, IDENTICAL, float(ident.mean()), np.nan, np.nan, len(ident))
                 emit(method, category, "mismatches", float((ident == 0).sum()), np.nan, np.nan, len(ident))
             for q in QUALITY:
                 v = mu[q].to_numpy(float)
@@ -211,8 +220,10 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
              f"{ident.get('max_new_tokens', '?')}, {ident.get('device', '?')} {ident.get('dtype', '')} x{ident.get('threads', '?')} threads, "
              f"T={ident.get('temperature', '?')}", "",
              "Speed: value [95% bootstrap interval over prompts]; speedups as mean of per-prompt ratios and ratio of totals.", "",
-             "| method | category | n | tokens/s | vs hf-greedy (mean) | vs hf-greedy (total) | vs ar (mean) | vs ar (total) | accepted length | identical to hf-greedy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | category | n | tokens/s | "
+             + "".join(f"vs {b} (mean) | vs {b} (total) | " for b in BASELINES)
+             + f"accepted length | identical to {REFERENCE} |",
+             "|---|---|---|---|" + "---|---|" * len(BASELINES) + "---|---|"]
     methods = list(dict.fromkeys(summary["method"]))
     categories = list(dict.fromkeys(summary["category"]))
     for c in categories:
@@ -220,10 +231,10 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
             n = get.get((m, c, "tokens_per_s"))
             if n is None:
                 continue
-            lines.append(f"| {m} | {c} | {n['n']} | {cell(m, c, 'tokens_per_s', digits=1)} | "
-                         f"{cell(m, c, 'speedup_vs_hf-greedy_mean')} | {cell(m, c, 'speedup_vs_hf-greedy_total')} | "
-                         f"{cell(m, c, 'speedup_vs_ar_mean')} | {cell(m, c, 'speedup_vs_ar_total')} | "
-                         f"{cell(m, c, 'mean_accepted_length')} | {cell(m, c, 'identical_to_hf_greedy', pct=True)} |")
+            speedups = "".join(f"{cell(m, c, speedup_metric(b, 'mean'))} | {cell(m, c, speedup_metric(b, 'total'))} | "
+                               for b in BASELINES)
+            lines.append(f"| {m} | {c} | {n['n']} | {cell(m, c, 'tokens_per_s', digits=1)} | {speedups}"
+                         f"{cell(m, c, 'mean_accepted_length')} | {cell(m, c, IDENTICAL, pct=True)} |")
     lines += ["", "Quality (category all; read sampled methods beside hf-sample):", "",
               "| method | log-lik/token at T | argmax agreement | greedy prefix | distinct-2 | repetition | answer tokens |",
               "|---|---|---|---|---|---|---|"]
@@ -232,14 +243,14 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
                      f"{cell(m, ALL, 'greedy_prefix', digits=1)} | {cell(m, ALL, 'distinct_2', digits=3)} | "
                      f"{cell(m, ALL, 'repetition_rate', digits=3)} | {cell(m, ALL, 'answer_tokens', digits=1)} |")
     if len(mismatches):
-        lines += ["", f"Mismatches against hf-greedy: {len(mismatches)} (first divergent position; see mismatches.csv)", "",
-                  "| method | question | turn | repeat | first divergence | tokens | hf-greedy tokens | same prompt |",
+        lines += ["", f"Mismatches against {REFERENCE}: {len(mismatches)} (first divergent position; see mismatches.csv)", "",
+                  f"| method | question | turn | repeat | first divergence | tokens | {REFERENCE} tokens | same prompt |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in mismatches.head(20).itertuples(index=False):
             lines.append(f"| {r.method} | {r.question_id} | {r.turn} | {r.repeat} | {r.first_divergence} | "
                          f"{r.method_tokens} | {r.reference_tokens} | {r.same_prompt} |")
-    elif any(k[2] == "identical_to_hf_greedy" for k in get):
-        lines += ["", "Every greedy record is token-identical to hf-greedy."]
+    elif any(k[2] == IDENTICAL for k in get):
+        lines += ["", f"Every greedy record is token-identical to {REFERENCE}."]
     return "\n".join(lines) + "\n"
 
 
@@ -251,14 +262,14 @@ def summarize_run(run_dir: str | Path, resamples: int = 2000, seed: int = 0) -> 
         raise WorkbenchError(f"{run_dir} holds no records yet")
     summary, mismatches = summarize_frame(frame, tokens, resamples, seed)
     text = markdown(summary, mismatches, {**info, "name": run_dir.name})
-    R.atomic_write_text(run_dir / R.SUMMARY_FILE, summary.to_csv(index=False))
-    R.atomic_write_text(run_dir / R.MISMATCHES_FILE, mismatches.to_csv(index=False))
-    R.atomic_write_text(run_dir / "summary.md", text)
+    write_csv(summary, run_dir / R.SUMMARY_FILE)
+    write_csv(mismatches, run_dir / R.MISMATCHES_FILE)
+    atomic_write(run_dir / "summary.md", text)
     return summary, mismatches, text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.summarize", description=__doc__.split("\n")[0])
     p.add_argument("run", help="run folder (results/bench/NAME)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: no intervals)")
     p.add_argument("--seed", type=int, default=0)

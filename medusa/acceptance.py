@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 from medusa.tree_attention import TreeBuffers
 
 

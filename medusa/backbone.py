@@ -19,15 +19,15 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
+from common.io import atomic_folder
 
 DEFAULT_BACKBONE = "smollm2-135m"
 
@@ -102,6 +102,23 @@ class Backbone:
     @property
     def max_positions(self) -> int:
         return int(getattr(self.config, "max_position_embeddings", 1 << 30))
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id for batched `generate`: the config's, else the first EOS id, else 0."""
+        pad = self.config.pad_token_id
+        eos = self.eos_token_ids
+        return int(pad if pad is not None else (eos[0] if eos else 0))
+
+    def left_pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids (B, W) and attention mask (B, W) on the model's device."""
+        width = max(len(x) for x in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, x in enumerate(batch):
+            ids[i, width - len(x):] = torch.tensor(list(x))
+            mask[i, width - len(x):] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -188,17 +205,9 @@ def materialise(short_name: str) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{short_name}-"))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -241,10 +250,6 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen causal LM (eval mode, no grad) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    # Weight-loading progress bars would bury the one-line messages our CLIs print.
-    hf_logging.disable_progress_bar()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise WorkbenchError(f"device {device!r} requested but CUDA is not available here")
     name, folder = resolve(name_or_path)

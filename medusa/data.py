@@ -14,7 +14,7 @@ longer than `max_chars`, or that repeat an earlier first turn are skipped and co
 (whitespace-normalised first user turn) mapped to a bucket in [0, 1000); buckets below
 ``SplitConfig.eval_permille`` are ``eval``, the next ``calibration_permille`` are ``calibration``,
 the rest ``train``. Identical texts therefore always land in the same split, and training,
-calibration (trees.calibrate) and held-out evaluation (bench, head accuracy) never overlap.
+calibration (bench.calibrate) and held-out evaluation (bench, head accuracy) never overlap.
 
 Usage::
 
@@ -25,11 +25,11 @@ Usage::
     split_of("Write a haiku about the sea")            # -> "train" | "calibration" | "eval"
 
     python -m medusa.data                              # print split sizes and skip counts
+    python -m medusa.data --prompts mtbench            # ... of another prompt set (or a .jsonl)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa.errors import WorkbenchError, run_cli
+from common.cli import Parser, run_cli
+from common.errors import WorkbenchError
 
 SPLITS = ("train", "calibration", "eval")
 SPLIT_SALT = "medusa-workbench/split/v1:"
@@ -375,12 +376,12 @@ def split_prompts(prompts: Sequence[Prompt], config: SplitConfig | None = None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m medusa.data", description="Print split sizes of a prompt source.")
-    p.add_argument("--source", default="sharegpt", help=f"{', '.join(SOURCES)} or a .jsonl path")
+    p = Parser(prog="python -m medusa.data", description="Print split sizes of a prompt set.")
+    p.add_argument("--prompts", default="sharegpt", help=f"prompt set: {', '.join(SOURCES)} or a .jsonl path")
     args = p.parse_args(argv)
     report = LoadReport()
-    parts = split_prompts(load_prompts(args.source, report=report))
-    print(f"{args.source}: {report.summary()}")
+    parts = split_prompts(load_prompts(args.prompts, report=report))
+    print(f"{args.prompts}: {report.summary()}")
     for name, items in parts.items():
         print(f"  {name:12s} {len(items)}")
     return 0

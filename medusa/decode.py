@@ -30,13 +30,13 @@ import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig, accept
 from medusa.backbone import Backbone
-from medusa.errors import WorkbenchError
 from medusa.kv_cache import KVCache, make_cache
 from medusa.tree_attention import (
     TreeBuffers,
@@ -74,7 +74,6 @@ class DecodeConfig:
     # Synchronise the device at phase boundaries so heads/verify/bookkeeping times are exact;
     # off, the only sync per step is the acceptance decision.
     time_phases: bool = True
-    seed: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -153,6 +152,83 @@ def check_request(
         )
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What every phase of one request uses: model parts, tree buffers, settings (no state)."""
+
+    decoder: torch.nn.Module  # transformer body -> last (post-norm) hidden states
+    verify_fn: Callable[..., Any]  # the body, or its compiled version
+    lm_head: torch.nn.Module
+    buffers: TreeBuffers
+    cache_arg: str
+    dtype: torch.dtype
+    device: torch.device
+    config: DecodeConfig
+
+
+def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+    """Prompt (1, P) -> cache filled, last hidden state (H,), root token (the model's next token)."""
+    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=p.device)
+    n = prompt.shape[1]
+    out = p.decoder(input_ids=prompt, position_ids=torch.arange(n, device=p.device)[None],
+                    attention_mask=causal_mask(n, cache.mask_width(n), p.dtype, p.device), use_cache=True,
+                    **{p.cache_arg: cache.hf_cache})
+    cache.advance(n)
+    hidden = out.last_hidden_state[0, -1]  # (H,)
+    return hidden, int(p.lm_head(hidden).argmax())
+
+
+def _candidates(p: _Parts, heads: Proposer | None, hidden: torch.Tensor, tokens: list[int], root: int) -> torch.Tensor:
+    """Heads' top-k (K, top_k) placed into the tree -> node tokens (N,); the root alone for plain decoding."""
+    tree = p.buffers.tree
+    if tree.depth == 0:
+        return torch.tensor([root], dtype=torch.long, device=p.device)
+    head_topk = heads.propose(hidden, tokens, max(tree.top_k, 1))  # (K, top_k)
+    return tree_candidates(p.buffers, root, head_topk)  # (N,)
+
+
+def _verify(p: _Parts, cache: KVCache, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of internal nodes (M, V), past."""
+    past, n_nodes = cache.length, p.buffers.num_nodes
+    out = p.verify_fn(input_ids=candidates[None], position_ids=(past + p.buffers.depth)[None],
+                      attention_mask=verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes)),
+                      use_cache=True, **{p.cache_arg: cache.hf_cache})
+    cache.advance(n_nodes)
+    node_hidden = out.last_hidden_state[0]  # (N, H)
+    return node_hidden, p.lm_head(node_hidden[p.buffers.internal]), past  # logits only where nodes have children
+
+
+def _update(p: _Parts, cache: KVCache, candidates: torch.Tensor, node_hidden: torch.Tensor,
+            internal_logits: torch.Tensor, past: int) -> tuple[list[int], torch.Tensor, int]:
+    """Accept the longest path, then emit its tokens + the model's next root, compact the cache.
+
+    Returns (new tokens, hidden state of the last kept node (H,), next root).
+    """
+    kept = accept(candidates, internal_logits, p.buffers, p.config.acceptance)
+    last = kept.last
+    row = (p.buffers.internal == last).nonzero()
+    last_logits = internal_logits[int(row[0, 0])] if row.numel() else p.lm_head(node_hidden[last])
+    root = int(last_logits.argmax())  # the base model's own token after the kept path
+    cache.keep(past, kept.nodes)
+    return candidates[kept.nodes[1:]].tolist() + [root], node_hidden[last], root
+
+
+def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], str]:
+    """Cut the output at max_new_tokens and after the first EOS; the stop reason."""
+    output = output[:max_new_tokens]
+    for i, tok in enumerate(output):
+        if tok in eos:
+            return output[: i + 1], "eos"
+    return output, "length"
+
+
+def _parts(backbone: Backbone, buffers: TreeBuffers, config: DecodeConfig) -> _Parts:
+    decoder = backbone.model.base_model
+    return _Parts(decoder=decoder, verify_fn=backbone.compiled_decoder() if config.compile else decoder,
+                  lm_head=backbone.model.get_output_embeddings(), buffers=buffers, cache_arg=cache_kwarg(decoder),
+                  dtype=backbone.dtype, device=backbone.device, config=config)
+
+
 @torch.inference_mode()
 def generate(
     backbone: Backbone,
@@ -164,110 +240,48 @@ def generate(
 ) -> GenerationResult:
     """Decode one prompt with Medusa tree verification (or plain decoding for the root-only tree).
 
-    `on_step(cache, committed_ids)` (optional, for tests and tracing) is called after each step
-    with the KV cache and the token ids it holds (prompt + output, without the pending root).
+    Each step runs four phases: candidates (heads -> tree tokens), verify (one forward), accept
+    (longest matching path) and update (emit, compact the KV cache). `on_step(cache,
+    committed_ids)` (optional, for tests and tracing) is called after each step with the KV cache
+    and the token ids it holds (prompt + output, without the pending root).
     """
     config = config or DecodeConfig()
-    device = backbone.device
-    buffers = tree if isinstance(tree, TreeBuffers) else tree_buffers(tree, device)
-    if buffers.depth.device != device:
-        buffers = buffers.to(device)
+    buffers = tree if isinstance(tree, TreeBuffers) else tree_buffers(tree, backbone.device)
+    if buffers.depth.device != backbone.device:
+        buffers = buffers.to(backbone.device)
     tree = buffers.tree
     check_request(backbone, heads, tree, prompt_ids, config)
-    if config.seed is not None:
-        torch.manual_seed(config.seed)
-
-    decoder = backbone.model.base_model  # transformer body -> last (post-norm) hidden states
-    lm_head = backbone.model.get_output_embeddings()
-    cache_arg = cache_kwarg(decoder)
+    p = _parts(backbone, buffers, config)
     eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
-    dtype = backbone.dtype
-    n_nodes, top_k = buffers.num_nodes, max(tree.top_k, 1)
-    capacity = len(prompt_ids) + config.max_new_tokens + n_nodes
-    verify_fn = decoder
-    if config.compile:
+    capacity = len(prompt_ids) + config.max_new_tokens + buffers.num_nodes
+    if config.compile:  # fixed shapes: the cache spans whole buckets
         capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
-        verify_fn = backbone.compiled_decoder()
     cache: KVCache = make_cache(config.cache, backbone.model, capacity, full_width=config.compile)
+    sync = _sync if config.time_phases else (lambda _: None)
 
     t_start = time.perf_counter()
-    # ---- prefill: (1, P) -> cache, hidden (H,), root token ------------------------------
-    prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
-    out = decoder(
-        input_ids=prompt,
-        position_ids=torch.arange(prompt.shape[1], device=device)[None],
-        attention_mask=causal_mask(prompt.shape[1], cache.mask_width(prompt.shape[1]), dtype, device),
-        use_cache=True,
-        **{cache_arg: cache.hf_cache},
-    )
-    cache.advance(prompt.shape[1])
-    hidden = out.last_hidden_state[0, -1]  # (H,)
-    root = int(lm_head(hidden).argmax())
-    tokens_so_far = list(prompt_ids) + [root]
-    output = [root]
-    _sync(device)
+    hidden, root = _prefill(p, cache, prompt_ids)
+    tokens_so_far, output = list(prompt_ids) + [root], [root]
+    _sync(p.device)
     prefill_s = time.perf_counter() - t_start
     steps: list[StepStats] = []
-
     while len(output) < config.max_new_tokens and not (eos and output[-1] in eos):
         t0 = time.perf_counter()
-        # ---- candidates: heads (K, top_k) -> node tokens (N,) ---------------------------
-        if tree.depth > 0:
-            head_topk = heads.propose(hidden, tokens_so_far, top_k)  # (K, top_k)
-            candidates = tree_candidates(buffers, root, head_topk)  # (N,)
-        else:
-            candidates = torch.tensor([root], dtype=torch.long, device=device)
-        if config.time_phases:
-            _sync(device)
+        candidates = _candidates(p, heads, hidden, tokens_so_far, root)
+        sync(p.device)
         t1 = time.perf_counter()
-        # ---- verify: ONE forward of all N nodes with the ancestor mask ------------------
-        past = cache.length
-        out = verify_fn(
-            input_ids=candidates[None],
-            position_ids=(past + buffers.depth)[None],
-            attention_mask=verify_attention_mask(buffers, past, dtype, cache.mask_width(n_nodes)),
-            use_cache=True,
-            **{cache_arg: cache.hf_cache},
-        )
-        cache.advance(n_nodes)
-        node_hidden = out.last_hidden_state[0]  # (N, H)
-        internal_logits = lm_head(node_hidden[buffers.internal])  # (M, V), only nodes with children
-        if config.time_phases:
-            _sync(device)
+        node_hidden, internal_logits, past = _verify(p, cache, candidates)
+        sync(p.device)
         t2 = time.perf_counter()
-        # ---- accept: kept path root..last (A nodes) -------------------------------------
-        kept = accept(candidates, internal_logits, buffers, config.acceptance)
-        last = kept.last
-        # ---- update: emit, next root, compact cache, next hidden ------------------------
-        row = (buffers.internal == last).nonzero()
-        last_logits = internal_logits[int(row[0, 0])] if row.numel() else lm_head(node_hidden[last])
-        root = int(last_logits.argmax())  # the base model's own token after the kept path
-        new = candidates[kept.nodes[1:]].tolist() + [root]
+        new, hidden, root = _update(p, cache, candidates, node_hidden, internal_logits, past)
         output.extend(new)
         tokens_so_far.extend(new)
-        cache.keep(past, kept.nodes)
-        hidden = node_hidden[last]
-        t3 = time.perf_counter()
-        steps.append(StepStats(len(new), t1 - t0, t2 - t1, t3 - t2))
+        steps.append(StepStats(len(new), t1 - t0, t2 - t1, time.perf_counter() - t2))
         if on_step is not None:
             on_step(cache, tokens_so_far[:-1])
 
-    output = output[: config.max_new_tokens]
-    stop_reason = "length"
-    for i, tok in enumerate(output):
-        if tok in eos:
-            output = output[: i + 1]
-            stop_reason = "eos"
-            break
-    _sync(device)
-    wall_s = time.perf_counter() - t_start
-    return GenerationResult(
-        prompt_ids=list(prompt_ids),
-        output_ids=output,
-        steps=steps,
-        prefill_s=prefill_s,
-        wall_s=wall_s,
-        stop_reason=stop_reason,
-        tree_name=tree.name,
-        node_budget=tree.node_budget,
-    )
+    output, stop_reason = _finish(output, config.max_new_tokens, eos)
+    _sync(p.device)
+    return GenerationResult(prompt_ids=list(prompt_ids), output_ids=output, steps=steps, prefill_s=prefill_s,
+                            wall_s=time.perf_counter() - t_start, stop_reason=stop_reason, tree_name=tree.name,
+                            node_budget=tree.node_budget)

@@ -24,12 +24,16 @@ Usage::
 
     python -m medusa.distill --out data/distill/smollm2-train --split train --limit 2000
     python -m medusa.distill --out data/distill/smollm2-eval --split eval --limit 200
-    python -m medusa.distill --out data/distill/x --source prompts.jsonl --temperature 0.7
+    python -m medusa.distill --out data/distill/x --prompts prompts.jsonl --temperature 0.7
+
+Flags follow the workbench's one meaning per flag: ``--prompts`` is the prompt set (``sharegpt``,
+``mtbench``, ``gsm8k`` or a .jsonl file), ``--limit`` the number of prompts, ``--dtype`` the
+backbone's dtype, ``--threads`` torch's CPU threads (set by `main` only).
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import sys
@@ -44,9 +48,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common.cli import Parser, add_dtype, add_threads, apply_threads, comma_list, run_cli
+from common.errors import WorkbenchError
+from common.io import atomic_write
+from common.provenance import Provenance
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
-from medusa.errors import WorkbenchError, run_cli
 
 RUN_FILE = "run.json"
 SHARD_GLOB = "shard-*.jsonl"
@@ -74,12 +81,6 @@ class DistillConfig:
 
     def answer_settings(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def ensure_writable(directory: Path) -> None:
@@ -113,12 +114,14 @@ def iter_shards(directory: str | os.PathLike) -> Iterator[Path]:
 
 def data_parts(spec: str | os.PathLike) -> list[str]:
     """The distilled folders (or .jsonl files) named by a `--data` value: several are joined by commas."""
-    return str(spec).split(",")
+    return comma_list(str(spec), flag="--data")
 
 
 def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list[Sample]:
     """All samples of a distilled folder (or a .jsonl file; several joined by commas), in shard order."""
     parts = data_parts(directory)
+    if not parts:
+        raise WorkbenchError("no distilled data given (--data names one or more folders, comma-separated)")
     if len(parts) > 1:
         joined: list[Sample] = []
         seen: set[str] = set()
@@ -128,7 +131,7 @@ def read_samples(directory: str | os.PathLike, limit: int | None = None) -> list
                     seen.add(s.key)
                     joined.append(s)
         return joined[:limit] if limit is not None else joined
-    path = Path(directory)
+    path = Path(parts[0])
     if not path.exists():
         raise WorkbenchError(f"distilled data not found: {path}")
     files = [path] if path.is_file() else list(iter_shards(path))
@@ -166,14 +169,23 @@ def read_run(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---- generation ------------------------------------------------------------------------------
-def left_pad(batch: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(x) for x in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, width - len(x):] = torch.tensor(list(x))
-        mask[i, width - len(x):] = 1
-    return ids.to(device), mask.to(device)
+@contextlib.contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block with torch's random generator (CPU, and `device` if CUDA) seeded to `seed`,
+    then restore the state it had before.
+
+    For library calls that draw from torch's global generator and take no `torch.Generator` of
+    their own (transformers' `generate` when sampling, peft's LoRA initialisation): the block is
+    reproducible and the caller's random stream is left as it was, so no process-wide state changes.
+    """
+    device = torch.device(device)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for d in cuda:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @torch.inference_mode()
@@ -182,17 +194,20 @@ def answer_batch(
 ) -> list[tuple[list[int], str]]:
     """Answers (new token ids, EOS included when hit) and stop reasons for a batch of prompts."""
     eos = set(backbone.eos_token_ids)
-    pad = backbone.config.pad_token_id
-    pad = pad if pad is not None else (min(eos) if eos else 0)
-    ids, mask = left_pad(prompts, pad, backbone.device)
+    pad = backbone.pad_id
+    ids, mask = backbone.left_pad(prompts)
     kwargs: dict[str, Any] = {"do_sample": False}
+    randomness = contextlib.nullcontext()
     if config.temperature > 0:
-        torch.manual_seed(generator_seed)
+        # generate() samples from torch's global generator (it takes no Generator): seed it for
+        # this batch only, so a resumed run answers each shard as the first run would have.
+        randomness = seeded(generator_seed, backbone.device)
         kwargs = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p, "top_k": 0}
-    out = backbone.model.generate(
-        ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, pad_token_id=pad,
-        eos_token_id=sorted(eos) or None, **kwargs,
-    )
+    with randomness:
+        out = backbone.model.generate(
+            ids, attention_mask=mask, max_new_tokens=config.max_new_tokens, pad_token_id=pad,
+            eos_token_id=sorted(eos) or None, **kwargs,
+        )
     answers = []
     for row in out[:, ids.shape[1]:].tolist():
         stop = "length"
@@ -257,9 +272,9 @@ def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = 
         "load_report": report.to_dict(),
         "started_at": started,
         "wall_s": float(previous.get("wall_s", 0.0)),
-        "torch_threads": torch.get_num_threads(),
+        "provenance": Provenance.collect(str(backbone.device), backbone.dtype).as_dict(),
     }
-    write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+    atomic_write(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
 
     stops: Counter = Counter(previous.get("stops", {}))
     new_tokens = int(previous.get("new_tokens", 0))
@@ -276,29 +291,30 @@ def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = 
             }))
             stops[stop] += 1
             new_tokens += len(answer)
-        write_atomic(out / f"shard-{next_shard:05d}.jsonl", "\n".join(lines) + "\n")
+        atomic_write(out / f"shard-{next_shard:05d}.jsonl", "\n".join(lines) + "\n")
         next_shard += 1
         record["wall_s"] += time.perf_counter() - t0
         record.update(stops=dict(stops), new_tokens=new_tokens,
                       samples=len(done) + b + len(batch),
                       updated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+        atomic_write(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
         bar.update(len(batch))
         bar.set_postfix(tok=new_tokens)
     bar.close()
     record.update(samples=len(done) + len(todo), stops=dict(stops), new_tokens=new_tokens,
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_atomic(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
+    atomic_write(out / RUN_FILE, json.dumps({**previous, **record}, indent=1) + "\n")
     return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     d = DistillConfig()
-    p = argparse.ArgumentParser(prog="python -m medusa.distill", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m medusa.distill", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument("--backbone", default=d.backbone)
-    p.add_argument("--dtype", default=d.dtype)
-    p.add_argument("--source", default=d.source, help="sharegpt, mtbench, gsm8k or a .jsonl of prompts")
+    add_dtype(p, d.dtype)
+    p.add_argument("--prompts", default=d.source, dest="source", metavar="NAME",
+                   help="prompt set: sharegpt, mtbench, gsm8k or a .jsonl of prompts")
     p.add_argument("--split", default=d.split, help="train, calibration, eval or all")
     p.add_argument("--limit", type=int, default=d.limit, help="number of prompts (default: all in the split)")
     p.add_argument("--offset", type=int, default=d.offset,
@@ -309,15 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise WorkbenchError("--max-new-tokens, --batch-size and --limit must be >= 1")
     if args.temperature < 0:
         raise WorkbenchError("--temperature must be >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     config = DistillConfig(
         backbone=args.backbone, dtype=args.dtype, source=args.source, split=args.split, limit=args.limit, offset=args.offset,
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,

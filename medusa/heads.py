@@ -33,12 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.errors import WorkbenchError
+from common.io import atomic_write
 from medusa.backbone import Backbone, BackboneIdentity
-from medusa.errors import WorkbenchError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # The heads every command loads by default (trained by `make heads`, committed under results/).
-DEFAULT_HEADS_DIR = REPO_ROOT / "results" / "heads" / "smollm2-135m-medusa1"
 LM_PROJECTIONS = ("shared", "own")
 
 
@@ -154,12 +153,8 @@ class MedusaHeads(nn.Module):
         except OSError as e:
             raise WorkbenchError(f"cannot write heads to {directory}: {e.strerror}") from None
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp_w = directory / ".heads.safetensors.tmp"
-        save_file(state, str(tmp_w), metadata={"format": "pt"})
-        tmp_c = directory / ".config.json.tmp"
-        tmp_c.write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=1) + "\n")
-        os.replace(tmp_w, directory / "heads.safetensors")
-        os.replace(tmp_c, directory / "config.json")
+        atomic_write(directory / "heads.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        atomic_write(directory / "config.json", json.dumps({**self.config.to_dict(), **(extra or {})}, indent=1) + "\n")
         return directory
 
 

@@ -38,10 +38,11 @@ def tiny_backbone(seed: int = 0, attn_implementation: str = "sdpa", **overrides)
     """A random 2-layer Llama in fp32 on CPU, wrapped as a `Backbone` without tokenizer."""
     from transformers import LlamaForCausalLM
 
-    torch.manual_seed(seed)
     config = tiny_llama_config(**overrides)
     config._attn_implementation = attn_implementation
-    model = LlamaForCausalLM(config).eval()
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).eval()
     model.requires_grad_(False)
     return Backbone(model=model, tokenizer=None, name=f"tiny-llama-{seed}")
 

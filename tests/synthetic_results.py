@@ -2,7 +2,7 @@
 
 Files are written through the writers' own schema code wherever it exists (`bench.records`,
 `bench.summarize`, `trees.acceptance_model`, `trees.search`, `bench.latency.COLUMNS`,
-`trees.validate.VALIDATION_COLUMNS`), so a schema change there shows up here. The numbers are
+`bench.validate.VALIDATION_COLUMNS`), so a schema change there shows up here. The numbers are
 made up but shaped like real ones (accepted length grows with the tree, typical acceptance trades
 quality for length as eps falls).
 
@@ -21,7 +21,9 @@ import pandas as pd
 
 from bench import records as R
 from bench.summarize import summarize_run
-from trees.acceptance_model import marginals_from_ranks, path_stats_from_ranks
+from bench.validate import VALIDATION_COLUMNS
+from trees.acceptance_model import expected_tokens, marginals_from_ranks, path_stats_from_ranks
+from trees.optuna_search import PARETO_COLUMNS
 from trees.search import search_tree
 from trees.tree import Tree, preset
 
@@ -62,7 +64,8 @@ def _record(run_tree: Tree | None, method: str, qid: str, category: str, index: 
         "node_budget": budget, "temperature": 0.0 if method in ("medusa", "ar", "hf-greedy", "hf-pld") else temperature,
         "posterior_threshold": eps if method == "medusa-typical" else None,
         "posterior_alpha": 0.3 if method == "medusa-typical" else None,
-        "pld_tokens": 10.0 if method == "hf-pld" else None, "max_new_tokens": 32, "seed": 0,
+        "method_options": '{"max_ngram":2,"num_tokens":10}' if method == "hf-pld" else "{}",
+        "max_new_tokens": 32, "seed": 0,
         "prompt_tokens": 40, "new_tokens": new, "wall_s": wall, "tokens_per_s": new / wall, "stop_reason": "length",
         "steps": steps, "accepted_tokens": float(new) if engine else None,
         "mean_accepted_length": new / steps if engine else None,
@@ -127,9 +130,13 @@ def build(root: str | Path, seed: int = 0) -> Path:
     for t in trees.values():
         t.save(root / "trees" / f"{t.name}.json")
     Tree.from_paths(trees[32].paths, name="default", meta=dict(trees[32].meta)).save(root / "trees" / "default.json")
-
-    from trees.acceptance_model import expected_tokens
-    from trees.validate import VALIDATION_COLUMNS
+    front = [{"trial": b, "node_budget": b, "depth": t.depth, "tokens_per_step": t.meta["predicted_empirical"],
+              "verify_s": 0.03 + 0.0004 * b, "medusa_choices": json.dumps(t.medusa_choices())} for b, t in trees.items()]
+    for row in front:
+        row["tokens_per_s"] = row["tokens_per_step"] / row["verify_s"]
+        row["chosen"] = row["tokens_per_s"] == max(r["tokens_per_step"] / r["verify_s"] for r in front)
+    pd.DataFrame(front, columns=PARETO_COLUMNS).assign(latency="cpu-synthetic-2t", commit="abc123").to_csv(
+        root / "trees" / "optuna_64_pareto.csv", index=False)
 
     val = []
     for kind, t in (("empirical", trees[64]), ("preset", preset("mc_sim_7b_63")), ("dense", Tree.from_paths(

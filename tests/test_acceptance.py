@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig, accept, node_acceptance, typical_threshold
-from medusa.errors import WorkbenchError
 from medusa.tree_attention import tree_buffers
 from trees.tree import Tree
 

@@ -6,12 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 from trees.acceptance_model import (
-    HOLDOUT_COLUMNS,
     RANKS_COLUMNS,
     expected_tokens,
-    holdout_evaluation,
     load_marginals,
     load_path_stats,
     marginals_from_frame,
@@ -22,8 +20,8 @@ from trees.acceptance_model import (
     path_str,
     replay_model_from_ranks,
     simulate_steps,
-    summarize_holdout,
 )
+from trees.holdout import HOLDOUT_COLUMNS, holdout_evaluation, summarize_holdout
 from trees.tree import Tree, chain
 
 

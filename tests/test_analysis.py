@@ -9,8 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis import figures, load, tables
-from medusa.errors import WorkbenchError, run_cli
+from analysis import fig_bench, figures, load, load_calibration, load_latency, tables
+from common.cli import run_cli
+from common.errors import WorkbenchError
 from tests import synthetic_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -91,21 +92,33 @@ def test_unsummarised_run_is_summarised_in_memory(results):
     assert len(tps) == 1 and tps["value"].iloc[0] > 0
 
 
+def test_a_summary_counting_the_same_records_is_current_whatever_its_time_stamp(results, tmp_path):
+    import os
+    import shutil
+
+    run_dir = tmp_path / "mtbench"
+    shutil.copytree(results / "bench" / "mtbench", run_dir)
+    later = (run_dir / "summary.csv").stat().st_mtime + 10
+    os.utime(run_dir / "records.csv", (later, later))  # as a git checkout may leave it
+    committed = pd.read_csv(run_dir / "summary.csv")
+    pd.testing.assert_frame_equal(load.load_run(run_dir).summary, committed)
+
+
 def test_budget_points_families_and_one_row_per_tree(results):
-    pts = figures.budget_points(load.load_runs(results, quiet=True))
+    pts = fig_bench.budget_points(load.load_runs(results, quiet=True))
     assert set(pts["family"]) == {"sparse", "chain", "dense", "plain", "optuna"}
     assert not pts.duplicated(["method", "tree", "node_budget"]).any()
     assert (pts.loc[pts["family"] == "plain", "node_budget"] == 1).all()
 
 
 def test_typical_points_sweep_eps_at_one_temperature(results):
-    typ, refs, temp = figures.typical_points(load.load_runs(results, quiet=True))
+    typ, refs, temp = fig_bench.typical_points(load.load_runs(results, quiet=True))
     assert temp == pytest.approx(0.7)
     assert list(typ["posterior_threshold"]) == sorted(typ["posterior_threshold"]) and len(typ) == 4
     assert set(refs["method"]) == {"medusa", "hf-greedy", "hf-sample"} and len(refs) == 3
     assert (refs.loc[refs["method"] != "medusa", "mean_accepted_length"] == 1.0).all()
     with pytest.raises(load.MissingResult):
-        figures.typical_points(load.load_runs(results, quiet=True), temperature=1.3)
+        fig_bench.typical_points(load.load_runs(results, quiet=True), temperature=1.3)
 
 
 def test_caption_names_device_and_model(results):
@@ -115,7 +128,7 @@ def test_caption_names_device_and_model(results):
 
 
 def test_head_accuracy_is_cumulative_with_intervals(results):
-    acc = load.head_accuracy(results)
+    acc = load_calibration.head_accuracy(results)
     t = acc.table
     assert acc.num_heads == synthetic_results.K
     for _, g in t.groupby("head"):
@@ -128,7 +141,7 @@ def test_head_accuracy_falls_back_to_the_training_report(results, tmp_path):
     part.mkdir(parents=True)
     src = results / "heads" / "smollm2-135m-medusa1" / "accuracy.csv"
     (part / "accuracy.csv").write_bytes(src.read_bytes())
-    acc = load.head_accuracy(tmp_path / "results")
+    acc = load_calibration.head_accuracy(tmp_path / "results")
     assert acc.source.name == "accuracy.csv" and acc.num_heads == synthetic_results.K
 
 
@@ -144,14 +157,14 @@ def test_wrong_columns_are_one_line_errors(results, tmp_path):
 def test_reader_columns_match_the_writers_schemas():
     from bench import records, summarize
     from bench.latency import COLUMNS as LATENCY
-    from trees.validate import VALIDATION_COLUMNS
+    from bench.validate import VALIDATION_COLUMNS
 
-    assert set(load.LATENCY_REQUIRED) <= set(LATENCY)
-    assert set(load.VALIDATION_REQUIRED) <= set(VALIDATION_COLUMNS)
+    assert set(load_latency.LATENCY_REQUIRED) <= set(LATENCY)
+    assert set(load_calibration.VALIDATION_REQUIRED) <= set(VALIDATION_COLUMNS)
     assert set(load.SUMMARY_REQUIRED) <= set(summarize.SUMMARY_COLUMNS)
     assert set(load.CONFIG_COLUMNS) <= set(records.COLUMNS)
-    assert set(figures.QUALITY_LABELS) <= set(summarize.QUALITY)
-    assert load.DEFAULT_HEADS_NAME == __import__("trees.search", fromlist=["x"]).DEFAULT_HEADS_NAME
+    assert set(fig_bench.QUALITY_LABELS) <= set(summarize.QUALITY)
+    assert load_calibration.DEFAULT_HEADS_NAME == __import__("trees.inputs", fromlist=["x"]).heads_name()
 
 
 @pytest.mark.parametrize("name", list(tables.TABLES))
@@ -169,4 +182,4 @@ def test_tables_cli(results, empty, capsys):
     assert cap.out == "" and len(cap.err.strip().splitlines()) == len(tables.TABLES)
     assert run_cli(tables.main, ["heads", "--results", str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "python -m trees.calibrate" in err[0]
+    assert len(err) == 1 and "python -m bench.calibrate" in err[0]

@@ -8,6 +8,8 @@ and bad input reported as one line with exit status 2. No speed is asserted here
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import string
 
@@ -17,15 +19,17 @@ import torch
 
 from bench import records as R
 from bench.merge import merge_runs
-from bench.methods import GREEDY
+from bench.methods import METHODS
 from bench.prompts import load_bench_prompts, shard
 from bench.run import BenchConfig, run_benchmark
 from bench.summarize import first_divergence, summarize_run
+from common.cli import run_cli
+from common.provenance import PROVENANCE_COLUMNS
 from medusa.backbone import Backbone
-from medusa.errors import run_cli
 from medusa.heads import HeadsConfig, MedusaHeads
 from trees.tree import preset
 
+GREEDY = tuple(name for name, cls in METHODS.items() if cls.greedy)
 EOS = 95
 QUESTIONS = [
     {"question_id": 1, "category": "writing", "turns": ["Write a poem.", "Make it shorter."]},
@@ -60,6 +64,9 @@ def char_tokenizer():
 def model():
     from medusa.testing import tiny_backbone
 
+    # The runs below ask for 1 thread; the library checks it but never sets it (only CLIs do).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     bb = tiny_backbone(3)
     bb = Backbone(bb.model, char_tokenizer(), "tiny-chars")
     with torch.no_grad():  # make EOS likely enough that some answers stop early and others do not
@@ -69,7 +76,8 @@ def model():
     with torch.no_grad():
         for p in heads.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return bb, heads
+    yield bb, heads
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
@@ -137,7 +145,7 @@ def test_engine_and_hf_outputs_past_eos_are_cut_the_same_way(model):
     from bench.methods import MethodContext, MethodSettings, build_method
 
     bb, heads = model
-    ctx = MethodContext(bb, MethodSettings(0.7, 0.09, 0.3, 10, 2), heads=heads, heads_name="h", tree=preset("chain_2"))
+    ctx = MethodContext(bb, MethodSettings(0.7, 0.09, 0.3), heads=heads, heads_name="h", tree=preset("chain_2"))
     found = False
     for prompt in ("Hi", "Count", "Sort a list.", "What is it?", "Poem", "Tell me", "x", "yy"):
         ids = bb.chat_ids(prompt)
@@ -242,11 +250,11 @@ def test_merge_refuses_runs_of_different_settings(model, prompts_file, tmp_path)
     run(model, prompts_file, tmp_path / "a", methods=("ar",), max_new_tokens=8)
     run(model, prompts_file, tmp_path / "b", methods=("ar",), max_new_tokens=9)
     assert run_cli(__import__("bench.merge", fromlist=["main"]).main,
-                   [str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+                   ["--out", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
 
 
 def test_resume_refuses_changed_settings(model, prompts_file, tmp_path):
-    from medusa.errors import WorkbenchError
+    from common.errors import WorkbenchError
 
     run(model, prompts_file, tmp_path / "a", methods=("ar",), max_new_tokens=8)
     with pytest.raises(WorkbenchError, match="max_new_tokens"):
@@ -333,20 +341,125 @@ def test_bad_input_is_one_line_and_exit_2(args, message, prompts_file, tmp_path,
 
 def test_heads_name_carries_the_weights_fingerprint(model, tmp_path):
     """Retrained heads in the same folder get a new identity, so a run folder refuses to mix them."""
-    from bench.run import check_identity, resolve_heads
-    from medusa.errors import WorkbenchError
+    from bench.identity import check_identity
+    from common.errors import WorkbenchError
     from medusa.heads import heads_fingerprint
+    from medusa.resolve import resolve_heads
 
     bb, heads = model
     folder = tmp_path / "heads"
     heads.save(folder)
-    _, before = resolve_heads(BenchConfig(heads=str(folder)), bb)
+    before = resolve_heads(str(folder), bb).name
     assert before == f"{folder}@{heads_fingerprint(folder)}" and len(heads_fingerprint(folder)) == 16
     retrained = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3))
     retrained.save(folder)
-    _, after = resolve_heads(BenchConfig(heads=str(folder)), bb)
+    after = resolve_heads(str(folder), bb).name
     assert after.startswith(f"{folder}@") and after != before
     (tmp_path / "run").mkdir()
     R.write_run_json(tmp_path / "run", {"identity": {"heads": before}, "sessions": []})
     with pytest.raises(WorkbenchError):
         check_identity(tmp_path / "run", {"heads": after})
+
+
+# ---- method options, schema v1 -> v2 ------------------------------------------------------------
+def test_method_options_go_to_the_identity_and_one_column(model, prompts_file, tmp_path):
+    from common.errors import WorkbenchError
+
+    out = tmp_path / "run"
+    run(model, prompts_file, out, methods=("hf-greedy", "hf-pld"), limit=1, max_new_tokens=8,
+        method_options={"hf-pld": {"num_tokens": "4"}})
+    frame, _, info = R.load_run(out)
+    pld = frame[frame["method"] == "hf-pld"]["method_options"].map(json.loads)
+    assert (pld == {"max_ngram": 2, "num_tokens": 4}).all()
+    assert (frame[frame["method"] == "hf-greedy"]["method_options"] == "{}").all()
+    assert info["identity"]["method_options"] == {"hf-pld": {"max_ngram": 2, "num_tokens": 4}}
+    assert "pld_tokens" not in R.COLUMNS and "pld_tokens" not in info["identity"]
+    with pytest.raises(WorkbenchError, match="method_options"):
+        run(model, prompts_file, out, methods=("hf-greedy", "hf-pld"), limit=1, max_new_tokens=8)
+    # Another method joining the folder later adds its options without touching hf-pld's.
+    run(model, prompts_file, out, methods=("hf-pld", "ar"), limit=1, max_new_tokens=8,
+        method_options={"hf-pld": {"num_tokens": 4}})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method-option", "hf-pld.nope=3"], "has no option 'nope'"),
+    (["--method-option", "hf-pld.num_tokens=x"], "is not a int"),
+    (["--method-option", "hf-pld.num_tokens=0"], "must be >= 1"),
+    (["--method-option", "num_tokens=3"], "METHOD.OPTION=VALUE"),
+    (["--methods", "ar", "--method-option", "hf-pld.num_tokens=3"], "not among --methods"),
+])
+def test_bad_method_options_are_one_line(args, message, prompts_file, tmp_path, capsys):
+    from bench.run import main
+
+    code = run_cli(main, args + ["--prompts", str(prompts_file), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_library_refuses_a_thread_count_it_would_have_to_set(model, prompts_file, tmp_path):
+    from common.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="torch threads"):
+        run(model, prompts_file, tmp_path / "run", threads=torch.get_num_threads() + 1)
+    assert torch.get_num_threads() == 1
+
+
+def _as_v1(folder):
+    """Rewrite a v2 run folder as schema v1 wrote it (pld_tokens column and identity keys)."""
+    with open(folder / R.RECORDS_FILE, newline="") as f:
+        header, *rows = list(csv.reader(f))
+    col = header.index("method_options")
+    header[col] = "pld_tokens"
+    for r in rows:
+        r[col] = str(float(json.loads(r[col])["num_tokens"])) if r[col] != "{}" else ""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    (folder / R.RECORDS_FILE).write_text(buf.getvalue())
+    info = json.loads((folder / R.RUN_FILE).read_text())
+    options = info["identity"].pop("method_options")
+    pld = options.get("hf-pld", {"num_tokens": 10, "max_ngram": 2})
+    info["identity"].update(pld_tokens=pld["num_tokens"], pld_max_ngram=pld["max_ngram"])
+    for s in info["sessions"]:
+        s["config"].pop("method_options")
+        s["config"].update(pld_tokens=pld["num_tokens"], pld_max_ngram=pld["max_ngram"])
+    info["schema_version"] = 1
+    (folder / R.RUN_FILE).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def test_v1_runs_are_read_upgraded_and_migrated_once(model, prompts_file, tmp_path):
+    from bench.migrate import migrate
+
+    root = tmp_path / "results"
+    out = root / "bench" / "run"
+    run(model, prompts_file, out, methods=("hf-pld", "ar"), limit=1, max_new_tokens=8,
+        method_options={"hf-pld": {"max_ngram": 3}})
+    v2_frame, _, v2_info = R.load_run(out)
+    _as_v1(out)
+    assert "pld_tokens" in (out / R.RECORDS_FILE).read_text().splitlines()[0]
+    v1_frame, _, v1_info = R.load_run(out)  # upgraded on read
+    pd.testing.assert_frame_equal(v1_frame, v2_frame)
+    assert v1_info["identity"] == v2_info["identity"]
+    assert [s["config"]["method_options"] for s in v1_info["sessions"]] == [{"hf-pld": {"max_ngram": 3, "num_tokens": 10}}]
+    summarize_run(out, resamples=20)  # a v1 folder whose summary is up to date, as committed runs are
+    summary_before = (out / R.SUMMARY_FILE).read_text()
+    assert migrate(root) == [f"benchmark run {out}: pld_tokens -> method_options (records schema v2)"]
+    assert "method_options" in (out / R.RECORDS_FILE).read_text().splitlines()[0]
+    assert json.loads((out / R.RUN_FILE).read_text())["schema_version"] == R.SCHEMA_VERSION
+    frame, _, info = R.load_run(out)
+    pd.testing.assert_frame_equal(frame, v2_frame)
+    assert info["identity"] == v2_info["identity"]
+    assert (out / R.SUMMARY_FILE).read_text() == summary_before
+    assert migrate(root) == []  # idempotent
+    # Resuming into the migrated folder with the same options adds nothing and is accepted.
+    again = run(model, prompts_file, out, methods=("hf-pld", "ar"), limit=1, max_new_tokens=8,
+                method_options={"hf-pld": {"max_ngram": 3}})
+    assert again.written == 0
+
+
+def test_records_carry_the_one_provenance_schema():
+    assert R.COLUMNS[-len(PROVENANCE_COLUMNS):] == PROVENANCE_COLUMNS
+
+
+def test_record_provenance_columns_are_the_one_schema():
+    """A record row repeats `common.provenance.Provenance`, field for field and in order."""
+    assert R.COLUMNS[-len(PROVENANCE_COLUMNS):] == PROVENANCE_COLUMNS

@@ -9,6 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.calibrate import (
+    collect_ranks,
+    greedy_continuation,
+    main,
+    ranks_of,
+    write_ranks,
+    write_tables,
+)
+from common.cli import run_cli
 from medusa.decode import DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
 from medusa.testing import OracleProposer, greedy_reference
@@ -19,7 +28,6 @@ from trees.acceptance_model import (
     rank_matrix,
     simulate_steps,
 )
-from trees.calibrate import collect_ranks, greedy_continuation, ranks_of, write_ranks, write_tables
 from trees.tree import Tree, chain
 
 PROMPTS = [("a", [1, 5, 9, 12, 7]), ("b", [3, 4, 8]), ("c", [11, 2, 2, 6, 30, 31])]
@@ -147,11 +155,12 @@ def test_resume_skips_done_prompts_and_checkpoints(tiny):
 
 
 def test_cli_refuses_missing_heads(tmp_path, capsys):
-    from medusa.errors import run_cli
-    from trees.calibrate import main
-
-    rc = run_cli(main, ["--heads", str(tmp_path / "none"), "--prompts", "2"])
+    rc = run_cli(main, ["--heads", str(tmp_path / "none"), "--limit", "2"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
-    rc = run_cli(main, ["--prompts", "0"])
+    rc = run_cli(main, ["--limit", "0"])
     assert rc == 2 and "prompts must be >= 1" in capsys.readouterr().err
+    # --prompts names a prompt set now; a count there points to --limit
+    rc = run_cli(main, ["--prompts", "20"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--limit" in err

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import WorkbenchError
 from medusa import data as D
-from medusa.errors import WorkbenchError
 
 
 def sharegpt_file(tmp_path: Path, records: list, truncate: bool = False) -> Path:

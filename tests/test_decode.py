@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig
 from medusa.decode import DecodeConfig, cache_kwarg, generate
-from medusa.errors import WorkbenchError
 from medusa.kv_cache import make_cache
 from medusa.testing import OracleProposer, RandomProposer, greedy_reference, tiny_backbone
 from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask

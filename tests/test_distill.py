@@ -7,9 +7,11 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 
 import medusa.distill as M
-from medusa.errors import WorkbenchError, run_cli
+from common.cli import run_cli
+from common.errors import WorkbenchError
 from medusa.testing import greedy_reference, tiny_backbone
 
 
@@ -86,6 +88,34 @@ def test_sampling_is_seeded(prompts, tmp_path):
     assert M.read_samples(tmp_path / "a") == M.read_samples(tmp_path / "b")
 
 
+def test_seeded_block_is_reproducible_and_leaves_the_global_generator_alone():
+    state = torch.random.get_rng_state()
+    with M.seeded(3):
+        a = torch.rand(4)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with M.seeded(3):
+        b = torch.rand(4)
+    assert torch.equal(a, b)
+
+
+def test_sampling_does_not_reseed_the_process(prompts, tmp_path):
+    bb = byte_backbone()  # built first: tiny_backbone seeds torch itself
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    with mock.patch.object(M, "load_backbone", lambda *a, **k: bb):
+        M.distill(cfg(prompts, temperature=0.8, seed=3), tmp_path / "out", progress=False)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("argv,needle", [(["--source", "x.jsonl"], "unrecognized"), (["--dtype", "int8"], "--dtype"),
+                                         (["--threads", "0"], "--threads")])
+def test_bad_flags_are_one_line(prompts, tmp_path, capsys, argv, needle):
+    rc = run_cli(M.main, ["--prompts", str(prompts), "--split", "all", "--out", str(tmp_path / "o"), "--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and needle in err and "\n" not in err
+
+
 def test_over_long_prompts_are_skipped_and_counted(prompts, tmp_path):
     rec = M.distill(cfg(prompts, max_prompt_tokens=12), tmp_path / "out", progress=False)
     assert rec["load_report"]["skipped"]["prompt over max_prompt_tokens"] > 0
@@ -96,7 +126,7 @@ def test_over_long_prompts_are_skipped_and_counted(prompts, tmp_path):
 def test_bad_prompt_file_is_one_line_and_writes_nothing(tmp_path, capsys, content):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
-    rc = run_cli(M.main, ["--source", str(bad), "--split", "all", "--out", str(tmp_path / "out"), "--quiet"])
+    rc = run_cli(M.main, ["--prompts", str(bad), "--split", "all", "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err
     assert not list((tmp_path / "out").glob("shard-*"))
@@ -104,7 +134,7 @@ def test_bad_prompt_file_is_one_line_and_writes_nothing(tmp_path, capsys, conten
 
 def test_unwritable_output(prompts, tmp_path, capsys):
     (tmp_path / "f").write_text("")
-    rc = run_cli(M.main, ["--source", str(prompts), "--split", "all", "--out", str(tmp_path / "f" / "o"), "--quiet"])
+    rc = run_cli(M.main, ["--prompts", str(prompts), "--split", "all", "--out", str(tmp_path / "f" / "o"), "--quiet"])
     assert rc == 2 and "cannot write" in capsys.readouterr().err
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
 from medusa.testing import tiny_backbone
 

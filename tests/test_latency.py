@@ -7,15 +7,10 @@ import sys
 import pandas as pd
 import pytest
 
-from bench.latency import (
-    COLUMNS,
-    LatencyConfig,
-    LatencyProfile,
-    load_profile,
-    profile_backbone,
-    write_profile,
-)
-from medusa.errors import WorkbenchError
+from bench.latency import COLUMNS, LatencyConfig, profile_backbone, write_profile
+from bench.migrate import migrate
+from common.errors import WorkbenchError
+from trees.cost import LatencyProfile, load_profile
 
 
 def test_profile_tiny_model_is_well_formed(tmp_path, tiny):
@@ -70,3 +65,26 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert "skipped" in report["phases"]["speed_ar_vs_medusa"]
     lat = list((tmp_path / "o" / "latency").glob("*.csv"))
     assert len(lat) == 1 and set(pd.read_csv(lat[0])["backbone"]) == {"smollm2-135m-random", "llama-7b-shape-random"}
+
+
+def test_profiles_of_the_first_schema_read_and_migrate_once(tmp_path):
+    """Old provenance columns (device, torch, transformers) read as the current schema; the
+    migration rewrites the file once and a second run changes nothing."""
+    old = pd.DataFrame({
+        "device_slug": ["cpu-x-1t"] * 2, "device": ["X CPU (1 threads)"] * 2, "backbone": ["b"] * 2,
+        "dtype": ["float32"] * 2, "threads": [1, 1], "context": [128, 128], "n_query": [1, 2],
+        "median_s": [0.1, 0.2], "floor_s": [0.01, 0.01], "commit": ["abc"] * 2, "date": ["2026"] * 2,
+        "torch": ["2.13.0"] * 2, "transformers": ["5.24.0"] * 2,
+    })
+    (tmp_path / "latency").mkdir()
+    path = tmp_path / "latency" / "cpu-x-1t.csv"
+    old.to_csv(path, index=False)
+    prof = load_profile(path)
+    assert prof.device == "X CPU" and prof.verify_time(2, 128) == pytest.approx(0.2)
+    assert migrate(tmp_path) == [f"latency profile {path}: provenance columns renamed"]
+    new = pd.read_csv(path)
+    assert {"device_name", "torch_version", "transformers_version"} <= set(new.columns)
+    assert not {"device", "torch", "transformers"} & set(new.columns)
+    assert new["device_name"].tolist() == ["X CPU", "X CPU"] and new["median_s"].tolist() == [0.1, 0.2]
+    assert migrate(tmp_path) == []
+    assert load_profile(path).verify_time(2, 128) == pytest.approx(0.2)

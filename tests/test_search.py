@@ -9,10 +9,20 @@ import sys
 import time
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
+import torch
 
-from medusa.errors import WorkbenchError, run_cli
+import common.paths
+from analysis import fig_trees, figures
+from bench.calibrate import collect_ranks
+from bench.validate import measure_tree, replay_accepted_length
+from common.cli import run_cli
+from common.errors import WorkbenchError
+from common.paths import DEFAULT_HEADS_DIR
+from medusa.heads import HeadsConfig, MedusaHeads
+from medusa.testing import OracleProposer, greedy_reference
 from tests.test_acceptance_model import correlated_matrix, ranks_frame
 from trees import search as search_mod
 from trees.acceptance_model import (
@@ -22,16 +32,18 @@ from trees.acceptance_model import (
     path_stats_from_matrix,
     path_stats_from_ranks,
 )
+from trees.baselines import best_dense, validation_trees
+from trees.inputs import heads_name
+from trees.optuna_search import PARETO_COLUMNS, monotone_verify_times, open_storage
 from trees.search import (
     SearchResult,
     main,
-    open_storage,
     resolve_accuracy,
     search,
     search_tree,
     space_size,
 )
-from trees.tree import Tree, dense, preset
+from trees.tree import Tree, chain, dense, preset
 
 
 def marginals(table: list[list[float]]) -> Marginals:
@@ -147,15 +159,13 @@ def test_search_interface_with_dataframes():
 
 
 def test_default_accuracy_resolution(tmp_path, monkeypatch):
-    from medusa.heads import DEFAULT_HEADS_DIR
-
-    assert search_mod.DEFAULT_HEADS_NAME == DEFAULT_HEADS_DIR.name
-    monkeypatch.setattr(search_mod, "CALIBRATION_ROOT", tmp_path / "calibration")
-    monkeypatch.setattr(search_mod, "HEADS_ROOT", tmp_path / "heads")
-    monkeypatch.setattr(search_mod, "REPO_ROOT", tmp_path)
-    with pytest.raises(WorkbenchError, match="trees.calibrate"):
+    assert heads_name() == DEFAULT_HEADS_DIR.name
+    monkeypatch.setattr(common.paths, "CALIBRATION_ROOT", tmp_path / "calibration")
+    monkeypatch.setattr(common.paths, "HEADS_ROOT", tmp_path / "heads")
+    monkeypatch.setattr(common.paths, "REPO_ROOT", tmp_path)
+    with pytest.raises(WorkbenchError, match="bench.calibrate"):
         search("greedy", 8)
-    heads_dir = tmp_path / "heads" / search_mod.DEFAULT_HEADS_NAME
+    heads_dir = tmp_path / "heads" / heads_name()
     heads_dir.mkdir(parents=True)
     pd.DataFrame({"head": [1, 1, 2, 2], "topk": [1, 2, 1, 2], "accuracy": [0.6, 0.8, 0.3, 0.4],
                   "count": [100] * 4}).to_csv(heads_dir / "accuracy.csv", index=False)
@@ -163,7 +173,7 @@ def test_default_accuracy_resolution(tmp_path, monkeypatch):
     assert r.predicted_empirical is None and r.tree.paths == ((0,), (1,), (0, 0))
     with pytest.raises(WorkbenchError, match="path statistics"):
         search("empirical", 4)
-    cal = tmp_path / "calibration" / search_mod.DEFAULT_HEADS_NAME
+    cal = tmp_path / "calibration" / heads_name()
     cal.mkdir(parents=True)
     df = ranks_frame(correlated_matrix(500, k=2))
     marginals_from_ranks(df).to_frame().to_csv(cal / "accuracy.csv", index=False)
@@ -213,6 +223,7 @@ def test_cli_writes_tree_and_round_trips(calibration, tmp_path, capsys, monkeypa
     (["--budget", "8", "--top-k", "2,x"], "--top-k"),
     (["--budget", "8", "--format", "yaml"], "--format"),
     (["--budget", "8", "--trials", "5"], "optuna only"),
+    (["--budget", "8", "--pareto"], "optuna only"),
 ])
 def test_cli_bad_input_one_line_exit_2(calibration, capsys, args, match):
     rc = run_cli(main, args + ["--accuracy", str(calibration / "accuracy.csv"), "--out", str(calibration / "x.json")])
@@ -270,8 +281,6 @@ def test_default_study_name_changes_with_the_calibration(tmp_path):
 
 
 def test_verify_times_are_made_monotone():
-    from trees.search import monotone_verify_times
-
     class Dip:
         def verify_time(self, n_query: int, context: int = 512) -> float:
             return {1: 0.10, 2: 0.20, 3: 0.15, 4: 0.25}[n_query]
@@ -279,11 +288,16 @@ def test_verify_times_are_made_monotone():
     assert monotone_verify_times(Dip(), 4) == [0.10, 0.20, 0.20, 0.25]
 
 
-def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch):
+def latency_csv(folder):
     rows = [{"device_slug": "cpu-x", "device": "x", "backbone": "b", "dtype": "float32", "context": c,
              "n_query": n, "median_s": 0.01 + 0.0004 * n + c * 1e-6, "floor_s": 0.005}
             for c in (128, 512) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
-    pd.DataFrame(rows).to_csv(tmp_path / "cpu-x.csv", index=False)
+    pd.DataFrame(rows).to_csv(folder / "cpu-x.csv", index=False)
+    return folder / "cpu-x.csv"
+
+
+def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch):
+    latency_csv(tmp_path)
     monkeypatch.setattr(search_mod, "DEFAULT_TREE_FILE", tmp_path / "default.json")
     rc = run_cli(main, ["--method", "optuna", "--budget", "64", "--trials", "12", "--accuracy",
                         str(calibration / "accuracy.csv"), "--latency", str(tmp_path / "cpu-x.csv"),
@@ -293,23 +307,81 @@ def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch)
     assert Tree.load(tmp_path / "default.json").meta["method"] == "optuna"
 
 
-def test_optuna_measured_typical_multi_objective_on_tiny_model(tiny, tmp_path):
-    from medusa.heads import HeadsConfig, MedusaHeads
-    from trees.validate import MeasuredAcceptance
-
-    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
-    evaluator = MeasuredAcceptance(tiny, heads, prompts=[[1, 5, 9, 12], [3, 4]], max_new_tokens=12,
-                                   temperature=0.8)
-    acc = accuracy_frame([[0.5, 0.2, 0.1], [0.3, 0.2, 0.1]])
-    r = search("optuna", 8, acc, profile=LinearProfile(), n_trials=4, evaluator=evaluator,
-               multi_objective=True, storage=str(tmp_path / "m.db"), study_name="m")
+def test_optuna_pareto_front(calibration, tmp_path):
+    """Two objectives (tokens/step up, verify time down): a front of non-dominated trees, and the
+    chosen tree is its fastest member."""
+    kw = dict(accuracy=str(calibration / "accuracy.csv"), profile=LinearProfile(), storage=str(tmp_path / "p.db"),
+              min_budget=2, n_trials=40)
+    r = search("optuna", 32, pareto=True, **kw)
     assert len(r.pareto) >= 1 and all(len(p.values) == 2 for p in r.pareto)
-    assert all(np.isfinite(p.values[1]) and p.values[1] <= 0 for p in r.pareto)  # mean log-prob
-    assert {"posterior_threshold", "posterior_alpha", "node_budget"} <= set(r.pareto[0].params)
-    assert r.tree.node_budget <= 8
-    with pytest.raises(WorkbenchError, match="multi-objective"):
-        search("optuna", 8, acc, profile=LinearProfile(), n_trials=1, multi_objective=True,
-               storage=str(tmp_path / "m2.db"))
+    assert {"node_budget", "max_depth"} <= set(r.pareto[0].params)
+    assert r.tree.node_budget <= 32 and r.tree.meta["objective"].endswith("-pareto")
+    points = [(p.values[0], p.values[1]) for p in r.pareto]
+    assert [v for _, v in points] == sorted(v for _, v in points)  # cheapest verify first
+    for a in points:  # no member dominates another
+        assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in points)
+    for p in r.pareto:
+        assert p.values[1] == pytest.approx(LinearProfile().verify_time(p.tree.node_budget))
+        assert p.values[0] == pytest.approx(expected_tokens(p.tree, resolve_accuracy(kw["accuracy"]).stats))
+    assert r.predicted_tokens_per_s == pytest.approx(max(t / v for t, v in points))
+    table = search_mod.pareto_table(r)
+    assert list(table.columns) == PARETO_COLUMNS and table["chosen"].sum() == 1
+    assert len(table) == len(r.pareto) and table["node_budget"].max() <= 32
+    # the single-objective study of the same space is another study: both open side by side
+    single = search("optuna", 32, **{**kw, "n_trials": 3})
+    assert single.study_name != r.study_name and len(single.pareto) == 1
+
+
+def test_library_search_leaves_optuna_logging_alone(calibration, tmp_path):
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        search("optuna", 8, accuracy=str(calibration / "accuracy.csv"), profile=LinearProfile(),
+               storage=str(tmp_path / "v.db"), n_trials=2)
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def test_optuna_pareto_cli_writes_front_beside_tree(calibration, tmp_path, capsys):
+    out = tmp_path / "front.json"
+    rc = run_cli(main, ["--method", "optuna", "--pareto", "--budget", "32", "--trials", "25", "--accuracy",
+                        str(calibration / "accuracy.csv"), "--latency", str(latency_csv(tmp_path)),
+                        "--storage", str(tmp_path / "o.db"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "Pareto front" in text
+    front = pd.read_csv(tmp_path / "front_pareto.csv")
+    assert set(PARETO_COLUMNS) <= set(front.columns) and {"commit", "device_name", "latency"} <= set(front.columns)
+    assert front["chosen"].sum() == 1 and (front["latency"] == "cpu-x").all()
+    tree = Tree.load(out)
+    chosen = front[front["chosen"]].iloc[0]
+    assert Tree.from_paths(json.loads(chosen["medusa_choices"])).paths == tree.paths
+    assert tree.meta["provenance"]["commit"] and tree.meta["objective"].endswith("-pareto")
+
+
+def test_pareto_figure_from_a_synthetic_front(tmp_path):
+    assert set(fig_trees.PARETO_REQUIRED) <= set(PARETO_COLUMNS)
+    rows = [{"trial": b, "node_budget": b, "depth": 2, "tokens_per_step": tok, "verify_s": 0.03 + 0.0004 * b,
+             "tokens_per_s": tok / (0.03 + 0.0004 * b), "chosen": b == 16, "medusa_choices": "[[0]]"}
+            for b, tok in ((2, 1.5), (4, 1.9), (8, 2.3), (16, 2.6), (32, 2.8))]
+    (tmp_path / "results" / "trees").mkdir(parents=True)
+    pd.DataFrame(rows, columns=PARETO_COLUMNS).assign(latency="cpu-x").to_csv(
+        tmp_path / "results" / "trees" / "opt_pareto.csv", index=False)
+    paths = figures.make("pareto", tmp_path / "results", tmp_path / "figs")
+    assert sorted(p.name for p in paths) == ["pareto_opt.pdf", "pareto_opt.png"]
+    assert all(p.stat().st_size > 2000 for p in paths)
+    assert figures.make("pareto", tmp_path / "results", tmp_path / "figs", tree="opt") == paths
+    with pytest.raises(WorkbenchError, match="trees.search --method optuna --pareto"):
+        figures.make("pareto", tmp_path / "results", tmp_path / "figs", tree="other")
+
+
+def test_cli_bad_plot_suffix_fails_before_writing(calibration, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    rc = run_cli(main, ["--budget", "8", "--accuracy", str(calibration / "accuracy.csv"), "--out", str(out),
+                        "--plot", str(tmp_path / "t.txt")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "plot file" in err
+    assert not out.exists() and not list(tmp_path.glob("t.*"))
 
 
 def test_resolve_accuracy_uses_paths_beside_the_file(calibration):
@@ -319,8 +391,6 @@ def test_resolve_accuracy_uses_paths_beside_the_file(calibration):
 
 # ---- validation helpers -------------------------------------------------------------------------
 def test_best_dense_and_validation_trees(calibration):
-    from trees.validate import best_dense, validation_trees
-
     inputs = resolve_accuracy(str(calibration / "accuracy.csv"))
     dn = best_dense(64, inputs.stats, 4, 4)
     assert dn.name.startswith("dense_") and dn.node_budget <= 64
@@ -335,10 +405,6 @@ def test_best_dense_and_validation_trees(calibration):
 
 
 def test_measure_tree_with_oracle_heads(tiny):
-    from medusa.testing import OracleProposer, greedy_reference
-    from trees.tree import chain
-    from trees.validate import measure_tree
-
     ids = [1, 5, 9, 12]
     oracle = OracleProposer(ids + greedy_reference(tiny, ids, 30), num_heads=3, vocab_size=tiny.vocab_size)
     m = measure_tree(tiny, oracle, chain(3), [ids], max_new_tokens=30, quality=True)
@@ -349,12 +415,6 @@ def test_measure_tree_with_oracle_heads(tiny):
 
 def test_replay_matches_engine_on_tiny_model(tiny):
     """The replayed accepted length equals the engine's for deterministic heads."""
-    import torch
-
-    from medusa.heads import HeadsConfig, MedusaHeads
-    from trees.calibrate import collect_ranks
-    from trees.validate import measure_tree, replay_accepted_length
-
     torch.manual_seed(1)
     heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=2))
     prompts = [("a", [1, 5, 9, 12]), ("b", [7, 3])]

@@ -1,4 +1,5 @@
-"""Medusa-1/2 training on a tiny random Llama: loss pieces, learning a toy language, resume, bad input."""
+"""Medusa-1/2 training on a tiny random Llama: loss pieces, learning a toy language, resume, bad input,
+and the upgrade of older training records."""
 
 from __future__ import annotations
 
@@ -10,10 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-import medusa.train as T
-import medusa.train_stage2 as T2
-from medusa.heads import load_heads
+from common.cli import run_cli
+from common.provenance import Provenance
+from medusa.distill import read_samples
+from medusa.heads import MedusaHeads, load_heads
 from medusa.testing import tiny_backbone
+from medusa.train import cli as C
+from medusa.train import losses as L
+from medusa.train import record as R
+from medusa.train import schedule as S
+from medusa.train import stage1 as T
+from medusa.train import stage2 as T2
+from medusa.train import stage2_model as M2
+from medusa.train.config import Stage2Config, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_records(n: int, seed: int, length: int = 40, prompt: int = 4) -> list[str]:
@@ -43,24 +55,24 @@ def backbone():
         yield bb
 
 
-def config(toy: dict[str, Path], out: str = "out", **kw) -> T.TrainConfig:
+def config(toy: dict[str, Path], out: str = "out", **kw) -> TrainConfig:
     base = dict(data=str(toy["train"]), eval_data=str(toy["eval"]), out=str(toy["root"] / out), steps=300,
                 batch_size=64, lr=1e-2, num_layers=2, eval_every=300, save_every=1000,
                 cache_root=str(toy["root"] / "cache"))
     base.update(kw)
-    return T.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 def test_head_weights_are_decay_to_the_k():
-    assert torch.allclose(T.head_weights(4, 0.8), torch.tensor([0.8, 0.64, 0.512, 0.4096]))
+    assert torch.allclose(L.head_weights(4, 0.8), torch.tensor([0.8, 0.64, 0.512, 0.4096]))
 
 
 def test_head_targets_score_head_k_at_t_against_token_t_plus_k_plus_1():
     ids = [100, 101, 102, 103, 104, 105, 106, 107]
-    pos, tgt = T.head_targets(ids, [(3, 8)], num_heads=3)
+    pos, tgt = L.head_targets(ids, [(3, 8)], num_heads=3)
     # rows: t whose t+k+1 lands in the generated span [3, 8) for some k in 1..3
     assert pos.tolist() == [0, 1, 2, 3, 4, 5]
-    ign = T.IGNORE
+    ign = L.IGNORE
     assert tgt.tolist() == [
         [ign, 103, 104],  # t=0: head1 -> t+2=2 (prompt, ignored), head2 -> 3, head3 -> 4
         [103, 104, 105],
@@ -76,12 +88,12 @@ def test_medusa_loss_is_weighted_sum_of_per_head_cross_entropy():
     feats = torch.randn(3, 5, 8)
     proj = torch.nn.Linear(8, 11, bias=False)
     targets = torch.randint(0, 11, (5, 3))
-    targets[0, 2] = T.IGNORE
-    weights = T.head_weights(3)
-    total, per = T.medusa_loss(feats, targets, lambda k, x: proj(x), weights)
+    targets[0, 2] = L.IGNORE
+    weights = L.head_weights(3)
+    total, per = L.medusa_loss(feats, targets, lambda k, x: proj(x), weights)
     expected = []
     for k in range(3):
-        keep = targets[:, k] != T.IGNORE
+        keep = targets[:, k] != L.IGNORE
         expected.append(torch.nn.functional.cross_entropy(proj(feats[k][keep]), targets[keep, k]))
     expected = torch.stack(expected)
     assert torch.allclose(per, expected)
@@ -89,10 +101,10 @@ def test_medusa_loss_is_weighted_sum_of_per_head_cross_entropy():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    lrs = [T.cosine_lr(s, 100, 10) for s in range(100)]
+    lrs = [S.cosine_lr(s, 100, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert T.cosine_lr(100, 100, 10) == pytest.approx(0.0)
+    assert S.cosine_lr(100, 100, 10) == pytest.approx(0.0)
 
 
 @pytest.mark.parametrize("projection,layers", [("shared", 2), ("own", 1)])
@@ -147,17 +159,17 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(toy, backbone):
 
 
 # ---- Medusa-2 ---------------------------------------------------------------------------------
-def stage2_config(toy: dict[str, Path], **kw) -> T2.Stage2Config:
+def stage2_config(toy: dict[str, Path], **kw) -> Stage2Config:
     base = dict(data=str(toy["train"]), eval_data=str(toy["eval"]), out=str(toy["root"] / "m2"), steps=6,
                 batch_size=2, heads_warmup=2, lambda_ramp=2, eval_samples=4, drift_prompts=2, drift_tokens=8)
     base.update(kw)
-    return T2.Stage2Config(**base)
+    return Stage2Config(**base)
 
 
 def test_stage2_param_groups_and_frozen_parts(toy):
     cfg = stage2_config(toy, lr=1e-4, heads_lr_mult=4.0)
-    model = T2.build(cfg, tiny_backbone())
-    groups = T2.param_groups(model, cfg.lr, cfg.heads_lr_mult, 0.0)
+    model = M2.build(cfg, tiny_backbone())
+    groups = M2.param_groups(model, cfg.lr, cfg.heads_lr_mult, 0.0)
     assert [g["name"] for g in groups] == ["backbone", "heads"]
     assert groups[0]["lr"] == pytest.approx(1e-4) and groups[1]["lr"] == pytest.approx(4e-4)
     lora = {id(p) for n, p in model.model.named_parameters() if "lora_" in n}
@@ -166,7 +178,7 @@ def test_stage2_param_groups_and_frozen_parts(toy):
     frozen = {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" not in n}
     lora_before = {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" in n}
     opt = torch.optim.AdamW(groups)
-    batch = T2.make_batch(T.read_samples(toy["train"], limit=2), 4, 64, torch.device("cpu"))
+    batch = M2.make_batch(read_samples(toy["train"], limit=2), 4, 64, torch.device("cpu"))
     args = (batch["ids"], batch["mask"], batch["next_rows"], batch["head_rows"], batch["head_tgt"])
     # heads-only warm-up: no backbone parameter moves
     bb, med, _ = model(*args, heads_only=True)
@@ -184,14 +196,14 @@ def test_stage2_param_groups_and_frozen_parts(toy):
 
 def test_lambda_schedule_warmup_then_ramp(toy):
     cfg = stage2_config(toy, heads_warmup=3, lambda_ramp=4, lambda0=0.2)
-    assert [T2.lambda_at(s, cfg) for s in range(3)] == [0.0, 0.0, 0.0]
-    assert T2.lambda_at(3, cfg) == pytest.approx(0.05) and T2.lambda_at(6, cfg) == pytest.approx(0.2)
-    assert T2.lambda_at(50, cfg) == pytest.approx(0.2)
+    assert [M2.lambda_at(s, cfg) for s in range(3)] == [0.0, 0.0, 0.0]
+    assert M2.lambda_at(3, cfg) == pytest.approx(0.05) and M2.lambda_at(6, cfg) == pytest.approx(0.2)
+    assert M2.lambda_at(50, cfg) == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("full", [False, True])
 def test_stage2_runs_and_records_drift(toy, backbone, full):
-    rec = T2.train(stage2_config(toy, lora=not full), progress=False)
+    rec = T2.train_stage2(stage2_config(toy, lora=not full), progress=False)
     out = toy["root"] / "m2"
     assert (out / "heads" / "heads.safetensors").is_file()
     assert (out / ("backbone" if full else "merged") / "config.json").is_file()
@@ -209,9 +221,7 @@ def cli(toy, *extra: str) -> list[str]:
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
-    from medusa.errors import run_cli
-
-    rc = run_cli(T.main, argv)
+    rc = run_cli(C.main, argv)
     return rc, capsys.readouterr().err.strip()
 
 
@@ -237,7 +247,7 @@ def test_missing_data_folder(toy, backbone, capsys):
 
 def test_heads_for_another_backbone_are_refused(toy, backbone, capsys):
     other = tiny_backbone(hidden_size=48)
-    T.MedusaHeads.for_backbone(other).save(toy["root"] / "other-heads")
+    MedusaHeads.for_backbone(other).save(toy["root"] / "other-heads")
     rc, err = run_main(cli(toy, "--init-heads", str(toy["root"] / "other-heads")), capsys)
     assert rc == 2 and "were trained for" in err
     assert not (toy["root"] / "cli" / "heads.safetensors").exists()
@@ -266,3 +276,71 @@ def test_cli_stage2(toy, backbone, capsys):
     assert rc == 0, err
     record = json.loads((toy["root"] / "m2cli" / "training_record.json").read_text())
     assert record["stage"] == 2 and record["config"]["steps"] == 3 and record["config"]["lora"] is True
+
+
+def test_cli_flags_map_onto_the_config_fields():
+    args = C.build_parser().parse_args(["--stage", "1", "--data", "d", "--out", "o", "--num-heads", "3",
+                                        "--dtype", "bfloat16", "--layers", "2"])
+    cfg = C.config_from_args(args)
+    assert isinstance(cfg, TrainConfig) and (cfg.num_heads, cfg.dtype, cfg.num_layers) == (3, "bfloat16", 2)
+    args = C.build_parser().parse_args(["--stage", "2", "--data", "d", "--out", "o", "--full", "--steps", "7"])
+    cfg = C.config_from_args(args)
+    assert isinstance(cfg, Stage2Config) and cfg.lora is False and cfg.steps == 7 and cfg.batch_size == Stage2Config.batch_size
+
+
+@pytest.mark.parametrize("old_flag", [["--backbone-dtype", "float32"], ["--heads", "4"], ["--num-heads", "x"]])
+def test_old_and_bad_flags_are_one_line(toy, capsys, old_flag):
+    rc, err = run_main(cli(toy, *old_flag), capsys)
+    assert rc == 2 and err.startswith("error: ") and "\n" not in err
+
+
+# ---- training records -------------------------------------------------------------------------
+OLD_RECORD = {
+    "stage": 1,
+    "config": {"data": "data/distill/smollm2-train", "backbone": "smollm2-135m", "backbone_dtype": "auto",
+               "device": "cpu", "num_heads": 4, "proj_dtype": "bfloat16", "steps": 3000, "threads": 1},
+    "train_rows": 422916,
+    "top1_accuracy_by_head": {"1": 0.3358, "2": 0.1825},
+    "cache": {"chunks": 44, "backbone_dtype": "float32"},
+    "processes": 1,
+    "device": "cpu",
+    "torch_threads": 1,
+    "git_commit": "e2b4494",
+    "finished_at": "2026-11-28T00:04:46+00:00",
+}
+
+
+def test_upgrade_training_record_maps_old_keys_and_is_idempotent():
+    new = R.upgrade_training_record(OLD_RECORD)
+    assert not {"git_commit", "device", "torch_threads"} & set(new)
+    prov = new["provenance"]
+    assert set(prov) == set(Provenance.__dataclass_fields__)
+    assert (prov["commit"], prov["device_name"], prov["threads"], prov["dtype"], prov["date"]) == (
+        "e2b4494", "cpu", 1, "float32", "2026-11-28T00:04:46+00:00")
+    assert new["config"]["dtype"] == "auto" and "backbone_dtype" not in new["config"] and "threads" not in new["config"]
+    kept = {k: v for k, v in OLD_RECORD.items() if k not in ("config", "device", "torch_threads", "git_commit")}
+    assert all(new[k] == v for k, v in kept.items())
+    assert R.upgrade_training_record(new) == new
+    assert list(R.upgrade_training_record(new)) == list(new)
+    assert "git_commit" in OLD_RECORD  # pure: the input is left as it was
+
+
+def test_committed_training_record_is_in_the_current_schema(tmp_path):
+    path = REPO / "results" / "heads" / "smollm2-135m-medusa1" / "training_record.json"
+    record = json.loads(path.read_text())
+    assert R.upgrade_training_record(record) == record and record["provenance"]["commit"]
+    old = tmp_path / "training_record.json"
+    old.write_text(json.dumps(OLD_RECORD))
+    assert R.upgrade_training_record_file(old) is True
+    assert R.upgrade_training_record_file(old) is False
+    assert json.loads(old.read_text()) == R.upgrade_training_record(OLD_RECORD)
+
+
+def test_new_records_carry_provenance(toy, backbone):
+    rec = T.train_stage1(config(toy, steps=5), progress=False)
+    written = json.loads((toy["root"] / "out" / "training_record.json").read_text())
+    assert written == json.loads(json.dumps(rec))
+    assert set(written["provenance"]) == set(Provenance.__dataclass_fields__)
+    assert written["provenance"]["dtype"] == "float32"
+    assert not {"git_commit", "device", "torch_threads"} & set(written)
+    assert R.upgrade_training_record(written) == written

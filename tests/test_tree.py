@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 from trees.tree import MC_SIM_7B_63, Tree, TreeError, chain, dense, preset
 
 

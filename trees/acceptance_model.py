@@ -7,7 +7,7 @@ root token included, is::
 
     E[tokens per step](tree) = 1 + sum over nodes of P(node's path accepted)
 
-with P from one of two models fitted on a calibration ranks table (`trees.calibrate`):
+with P from one of two models fitted on a calibration ranks table (written by `bench.calibrate`):
 
 - `independence` (the Medusa paper's): ``P(i_1..i_d) = prod_k a_k(i_k)``, the product of the
   heads' marginal rank accuracies ``a_k(i) = P(rank of head k == i)`` (`Marginals`).
@@ -21,10 +21,10 @@ acceptance is autocorrelated, as it is in text. The third model, `replay` (`Repl
 the greedy engine over the calibration prompts' rank matrices (`simulate_steps`) and so predicts
 the per-step mean directly; it is not additive over nodes, so it scores trees rather than builds them.
 
-`holdout_evaluation` fits all three on part of the calibration prompts and compares their
+`trees.holdout` fits all three on part of the calibration prompts and compares their
 predictions with what the engine would get on the other part.
 
-Table formats read here (written by `trees.calibrate` and `medusa.train`):
+Table formats read here (written by `bench.calibrate` and `medusa.train`):
 
 - accuracy CSV ``head,rank0,accuracy,count``: heads 1-based, ranks 0-based, ``rank0 == -1`` is
   "not in the top-R list" (so counts per head sum to the positions seen);
@@ -43,7 +43,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
 from trees.tree import Path_, Tree
 
 RANKS_COLUMNS = ["prompt", "position", "head", "rank0"]
@@ -60,6 +59,7 @@ ACCURACY_COLUMNS = ["head", "rank0", "accuracy", "count"]
 CUMULATIVE_COLUMNS = ["head", "topk", "accuracy", "count"]
 PATHS_COLUMNS = ["path", "depth", "count", "fraction"]
 MODELS = ("independence", "empirical", "replay")
+CALIBRATE_COMMAND = "python -m bench.calibrate"  # what writes the calibration tables read here
 
 
 def path_str(path: Sequence[int]) -> str:
@@ -306,7 +306,7 @@ def load_path_stats(source: str | os.PathLike | pd.DataFrame) -> PathStats:
     else:
         path = Path(source)
         if not path.is_file():
-            raise WorkbenchError(f"path statistics file not found: {path} (run `python -m trees.calibrate`)")
+            raise WorkbenchError(f"path statistics file not found: {path} (run `{CALIBRATE_COMMAND}`)")
         try:
             df = pd.read_csv(path, dtype={"path": str}, keep_default_na=False)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -418,97 +418,10 @@ def load_ranks(path: str | os.PathLike) -> pd.DataFrame:
     """Read a ranks table (Parquet or CSV)."""
     path = Path(path)
     if not path.is_file():
-        raise WorkbenchError(f"ranks table not found: {path} (run `python -m trees.calibrate`)")
+        raise WorkbenchError(f"ranks table not found: {path} (run `{CALIBRATE_COMMAND}`)")
     try:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as e:  # pyarrow and pandas raise many types for a corrupt file
         raise WorkbenchError(f"ranks table {path} is unreadable: {str(e).splitlines()[0]}") from None
     check_ranks(df)
     return df
-
-
-def prompt_fold(prompt: str, folds: int, salt: str = "holdout") -> int:
-    """Fold (0..folds-1) of a calibration prompt: a deterministic hash of its name."""
-    return int(hashlib.sha256(f"{salt}:{prompt}".encode()).hexdigest()[:8], 16) % folds
-
-
-HOLDOUT_COLUMNS = [
-    "tree", "node_budget", "fold", "test_positions", "test_steps", "predicted_independence",
-    "predicted_empirical", "predicted_replay", "actual", "actual_per_position",
-    "error_independence", "error_empirical", "error_replay",
-]
-
-
-def holdout_evaluation(
-    ranks: pd.DataFrame,
-    trees: Sequence[Tree] | None = None,
-    budgets: Sequence[int] = (8, 16, 32, 64, 128),
-    top_r: int | None = None,
-    folds: int = 5,
-) -> pd.DataFrame:
-    """Cross-validate the models by prompt: fit on all folds but one, predict the held-out fold.
-
-    `actual` is what the greedy engine gets per step on the held-out prompts (replayed from their
-    ranks, exact for greedy acceptance); `actual_per_position` is their per-position mean (what
-    the two additive models estimate). When `trees` is None, the greedy (independence-optimal) and
-    empirical-optimal trees searched on the fitting folds are scored at each budget, so the
-    empirical model pays for its own selection. One row per (tree, fold), columns HOLDOUT_COLUMNS
-    (errors relative to `actual`, signed); `summarize_holdout` pools the folds.
-    """
-    from trees.search import search_tree  # the search uses this module; import late
-
-    check_ranks(ranks)
-    if folds < 2:
-        raise WorkbenchError(f"held-out evaluation needs at least 2 folds, got {folds}")
-    top_r = int(top_r if top_r is not None else max(int(ranks["rank0"].max()) + 1, 1))
-    fold_of = ranks["prompt"].astype(str).map(lambda p: prompt_fold(p, folds))
-    if fold_of.nunique() < 2:
-        raise WorkbenchError("held-out evaluation needs prompts in at least two folds (give more calibration prompts)")
-    rows = []
-    for fold in sorted(fold_of.unique()):
-        fit_ranks, test_ranks = ranks[fold_of != fold], ranks[fold_of == fold]
-        acc = marginals_from_ranks(fit_ranks, top_r)
-        stats = path_stats_from_ranks(fit_ranks, top_r)
-        replay = replay_model_from_ranks(fit_ranks)
-        truth_positions = path_stats_from_ranks(test_ranks, top_r)
-        truth = replay_model_from_ranks(test_ranks)
-        chosen = list(trees) if trees is not None else []
-        if trees is None:
-            space = sum(top_r ** d for d in range(1, acc.num_heads + 1))
-            for b in budgets:
-                if b - 1 <= space:
-                    chosen.append(search_tree("greedy", b, acc, stats).tree)
-                    chosen.append(search_tree("empirical", b, acc, stats).tree)
-        for tree in chosen:
-            steps = truth.steps(tree)
-            actual = sum(steps) / len(steps)
-            pred = {"independence": expected_tokens(tree, acc), "empirical": expected_tokens(tree, stats),
-                    "replay": expected_tokens(tree, replay)}
-            row = {
-                "tree": tree.name, "node_budget": tree.node_budget, "fold": int(fold),
-                "test_positions": truth_positions.positions, "test_steps": len(steps),
-                "actual": actual, "actual_per_position": expected_tokens(tree, truth_positions),
-            }
-            for m in MODELS:
-                row[f"predicted_{m}"] = pred[m]
-                row[f"error_{m}"] = (pred[m] - actual) / actual
-            rows.append(row)
-    return pd.DataFrame(rows, columns=HOLDOUT_COLUMNS)
-
-
-def summarize_holdout(table: pd.DataFrame) -> pd.DataFrame:
-    """Per tree: step-weighted pooled prediction vs truth over folds, and mean |fold error|."""
-    rows = []
-    for (name, budget), g in table.groupby(["tree", "node_budget"], sort=False):
-        w = g["test_steps"].to_numpy(float)
-        actual = float((g["actual"] * w).sum() / w.sum())
-        wp = g["test_positions"].to_numpy(float)
-        row = {"tree": name, "node_budget": int(budget), "folds": len(g), "actual": actual,
-               "actual_per_position": float((g["actual_per_position"] * wp).sum() / wp.sum())}
-        for model in MODELS:
-            pred = float((g[f"predicted_{model}"] * w).sum() / w.sum())
-            row[f"predicted_{model}"] = pred
-            row[f"pooled_error_{model}"] = (pred - actual) / actual
-            row[f"mean_abs_fold_error_{model}"] = float(g[f"error_{model}"].abs().mean())
-        rows.append(row)
-    return pd.DataFrame(rows)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
+from common.io import atomic_write
 from trees.acceptance_model import Marginals, PathStats, node_probabilities
 from trees.tree import Tree
 
@@ -43,24 +44,38 @@ def layout(tree: Tree) -> list[tuple[float, float]]:
     return [(float(depth[i]), -y[i]) for i in range(tree.node_budget)]
 
 
-def plot_tree(tree: Tree, model: Marginals | PathStats, path: str | os.PathLike, title: str | None = None) -> Path:
-    """Save a drawing of `tree` to `path` (format from its suffix); returns the path."""
-    import matplotlib
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
 
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """`path` if its suffix names a format `plot_tree` writes, else one `WorkbenchError` line.
+
+    CLIs call this before any work, so a bad name fails before a tree is written.
+    """
     path = Path(path)
-    if path.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise WorkbenchError(f"plot file must end in .png, .pdf or .svg, got {path.name}")
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise WorkbenchError(f"plot file must end in {', '.join(PLOT_SUFFIXES[:-1])} or {PLOT_SUFFIXES[-1]}, got {path.name}")
+    return path
+
+
+def plot_tree(tree: Tree, model: Marginals | PathStats, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Save a drawing of `tree` to `path` (format from its suffix); returns the path.
+
+    Draws on a bare matplotlib `Figure` (no pyplot), so no process-wide backend or state changes.
+    """
+    import matplotlib
+    from matplotlib import cm, colors
+    from matplotlib.figure import Figure
+
+    path = check_plot_path(path)
     pos = layout(tree)
     probs = node_probabilities(tree, model)
     parents = tree.parents()
     leaves = max(1, len(tree.leaves()))
-    fig, ax = plt.subplots(figsize=(2.2 + 2.0 * max(tree.depth, 1), 1.0 + 0.28 * leaves))
+    fig = Figure(figsize=(2.2 + 2.0 * max(tree.depth, 1), 1.0 + 0.28 * leaves))
+    ax = fig.subplots()
     norm = colors.Normalize(vmin=0.0, vmax=max(max(probs[1:], default=0.0), 1e-9))
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for i, p in enumerate(parents):
         if p >= 0:
             ax.plot([pos[p][0], pos[i][0]], [pos[p][1], pos[i][1]], color="0.7", lw=0.8, zorder=1)
@@ -83,9 +98,4 @@ def plot_tree(tree: Tree, model: Marginals | PathStats, path: str | os.PathLike,
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=150)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=150, format=path.suffix.lower().lstrip(".")))

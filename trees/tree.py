@@ -22,13 +22,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medusa.errors import WorkbenchError
+from common.errors import WorkbenchError
+from common.io import atomic_write
+from common.paths import DEFAULT_TREE_FILE
 
 Path_ = tuple[int, ...]
 
@@ -159,12 +160,7 @@ class Tree:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tree as JSON atomically (a crash never leaves half a file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-            f.write(self.to_json() + "\n")
-        os.replace(f.name, path)
-        return path
+        return atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tree:
@@ -230,13 +226,12 @@ def preset(name: str) -> Tree:
     raise TreeError(f"unknown tree preset {name!r} (known: {known})")
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The tree `medusa.generate` and the benchmark use when none is given (written by trees.search).
-DEFAULT_TREE_FILE = REPO_ROOT / "results" / "trees" / "default.json"
-
-
 def default_tree() -> Tree:
-    """The shipped searched tree if present, else the paper's `mc_sim_7b_63`."""
+    """The shipped searched tree if present, else the paper's `mc_sim_7b_63`.
+
+    The tree `medusa.generate` and the benchmark use when none is given (written by
+    `python -m trees.search --set-default`).
+    """
     if DEFAULT_TREE_FILE.is_file():
         return Tree.load(DEFAULT_TREE_FILE)
     return PRESETS["mc_sim_7b_63"]

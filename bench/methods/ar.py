@@ -6,10 +6,16 @@ Medusa over `ar` is the algorithmic speedup, with engine overheads identical on 
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.methods.base import EngineMethod, MethodContext
 from medusa.acceptance import AcceptanceConfig
 from trees.tree import preset
 
 
-def build(context: MethodContext) -> EngineMethod:
-    return EngineMethod("ar", context, preset("root"), AcceptanceConfig(temperature=0.0))
+class AR(EngineMethod):
+    name = "ar"
+    greedy = True
+
+    def __init__(self, context: MethodContext, options: Any = None) -> None:
+        super().__init__(context, options, preset("root"), AcceptanceConfig(temperature=0.0))

@@ -1,32 +1,40 @@
-"""The one Protocol every benchmark method implements, and what the harness hands to a method.
+"""The base every benchmark method derives from, and what the harness hands to a method.
 
 A method turns prompt token ids into new token ids; the harness (`bench.run`) times that call and
 nothing else, applies the one token-counting rule (`bench.records.count_new_tokens`) to whatever the
-method returns, and records the method's `describe()` as the row's config columns.
+method returns, and records the method's `describe()` as the row's config columns and its resolved
+`options` as the row's `method_options` column.
 
-    class Method(Protocol):
-        name: str          # the --methods name, e.g. "medusa"
-        greedy: bool       # True: the output must equal hf-greedy's token for token
-        def describe(self) -> dict      # config columns: heads, tree, node_budget, temperature, ...
+    class MyMethod(Method):
+        name = "my-method"       # the --methods name
+        greedy = True            # the output must equal the reference's (hf-greedy) token for token
+        needs_heads = False      # the harness loads Medusa heads for it
+        needs_tree = False       # the harness resolves a tree (--tree / --preset / --budget) for it
+        Options = MyOptions      # frozen dataclass of the method's own settings, each with its default
+
+        def __init__(self, context: MethodContext, options: MyOptions) -> None: ...
+        def describe(self) -> dict        # config columns: heads, tree, node_budget, temperature, ...
         def generate(self, prompt_ids, max_new_tokens, seed) -> MethodOutput
 
-Each method lives in its own small file (`hf_greedy.py`, `hf_pld.py`, `hf_sample.py`, `ar.py`,
-`medusa.py`, `medusa_typical.py`) with a `build(context) -> Method` function; `bench.methods`
-maps names to builders.
+A method's own settings (e.g. hf-pld's `num_tokens`) live in its `Options` and are set with
+`bench.run --method-option NAME.OPTION=VALUE`; settings several methods share (temperature, eps,
+delta, compile) come from the run (`MethodSettings`). Each method lives in its own small file
+(`hf_greedy.py`, `hf_pld.py`, `hf_sample.py`, `ar.py`, `medusa.py`, `medusa_typical.py`);
+`bench.methods` registers the classes by name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import torch
 
+from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
 from medusa.decode import DecodeConfig, Proposer, StepStats, generate
-from medusa.errors import WorkbenchError
 from medusa.tree_attention import tree_buffers
 from trees.tree import Tree
 
@@ -42,13 +50,11 @@ class MethodOutput:
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """The run settings methods read; each default lives in `bench.run.BenchConfig`."""
+    """The run settings several methods share; each default lives in `bench.run.BenchConfig`."""
 
     temperature: float
     posterior_threshold: float
     posterior_alpha: float
-    pld_tokens: int
-    pld_max_ngram: int
     compile: bool = False
 
 
@@ -63,17 +69,31 @@ class MethodContext:
     tree: Tree | None = None
 
 
-class Method(Protocol):
-    name: str
-    greedy: bool
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none."""
+
+
+class Method:
+    """A decoding method; subclasses set the traits and implement `describe` and `generate`."""
+
+    name: ClassVar[str]
+    greedy: ClassVar[bool] = False
+    needs_heads: ClassVar[bool] = False
+    needs_tree: ClassVar[bool] = False
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, context: MethodContext, options: Any = None) -> None:
+        self.backbone = context.backbone
+        self.options = options if options is not None else self.Options()
 
     def describe(self) -> dict[str, Any]:
-        """Config columns of the records this method writes (see `bench.records.Record`)."""
-        ...
+        """Config columns of the records this method writes (see `bench.records.Record`); unset ones stay empty."""
+        return {}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
         """New token ids for one prompt; the only call the harness times."""
-        ...
+        raise NotImplementedError
 
 
 # Settings that neutralise anything a model's generation_config might add to the HF baselines.
@@ -84,51 +104,59 @@ def hf_generate(backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: i
     """transformers `model.generate` on one prompt, stopping on the backbone's EOS ids; new ids only."""
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=backbone.device)
     eos = list(backbone.eos_token_ids)
-    pad = backbone.config.pad_token_id
     with torch.inference_mode():
         out = backbone.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
             eos_token_id=eos or None,
-            pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
+            pad_token_id=backbone.pad_id,
             **HF_NEUTRAL,
             **kwargs,
         )
     return out[0, ids.shape[1]:].tolist()
 
 
-class EngineMethod:
-    """A method run by our engine (`medusa.decode.generate`) with a fixed tree and acceptance rule."""
+class EngineMethod(Method):
+    """A method run by our engine (`medusa.decode.generate`) with a fixed tree and acceptance rule.
 
-    def __init__(self, name: str, context: MethodContext, tree: Tree, acceptance: AcceptanceConfig) -> None:
-        self.name = name
-        self.greedy = acceptance.greedy
-        self.backbone = context.backbone
+    Subclasses choose the tree and the acceptance rule in `__init__` (`ar`, `medusa`, `medusa-typical`).
+    """
+
+    def __init__(self, context: MethodContext, options: Any, tree: Tree, acceptance: AcceptanceConfig) -> None:
+        super().__init__(context, options)
         self.heads = context.heads if tree.depth > 0 else None
         self.heads_name = context.heads_name if tree.depth > 0 else ""
         self.acceptance = acceptance
         self.compile = context.settings.compile
         if tree.depth > 0:
             if self.heads is None:
-                raise WorkbenchError(f"method {name} needs Medusa heads but none were loaded")
+                raise WorkbenchError(f"method {self.name} needs Medusa heads but none were loaded")
             tree.check_fits(self.heads.num_heads)
         # Built once here so the timed call does no tree preprocessing.
         self.buffers = tree_buffers(tree, self.backbone.device)
 
     def describe(self) -> dict[str, Any]:
         tree = self.buffers.tree
+        greedy = self.acceptance.greedy
         return {
             "heads": self.heads_name,
             "tree": tree.name,
             "node_budget": tree.node_budget,
             "temperature": self.acceptance.temperature,
-            "posterior_threshold": float("nan") if self.greedy else self.acceptance.posterior_threshold,
-            "posterior_alpha": float("nan") if self.greedy else self.acceptance.posterior_alpha,
+            "posterior_threshold": float("nan") if greedy else self.acceptance.posterior_threshold,
+            "posterior_alpha": float("nan") if greedy else self.acceptance.posterior_alpha,
         }
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
-        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, seed=seed,
-                              compile=self.compile)
+        del seed  # the engine draws no random numbers (greedy, or typical acceptance with an argmax root)
+        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, compile=self.compile)
         result = generate(self.backbone, self.heads, self.buffers, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
+
+
+def tree_of(context: MethodContext, method: str) -> Tree:
+    """The run's tree, which a tree method cannot do without."""
+    if context.tree is None:
+        raise WorkbenchError(f"method {method} needs a tree")
+    return context.tree

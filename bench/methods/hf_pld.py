@@ -1,34 +1,42 @@
 """`hf-pld`: transformers prompt-lookup decoding, the training-free speculative peer (greedy).
 
-Draft tokens are copied from an n-gram match in the prompt (`prompt_lookup_num_tokens` of them,
-matching up to `max_matching_ngram_size` tokens) and verified by the model in one forward.
+Draft tokens are copied from an n-gram match in the prompt (`num_tokens` of them, matching up to
+`max_ngram` tokens) and verified by the model in one forward. Set them with
+``bench.run --method-option hf-pld.num_tokens=10 --method-option hf-pld.max_ngram=2``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from bench.methods.base import MethodContext, MethodOutput, hf_generate
+from bench.methods.base import Method, MethodOutput, hf_generate
+from common.errors import WorkbenchError
 
 
-class HFPromptLookup:
+@dataclass(frozen=True)
+class PLDOptions:
+    """transformers' `prompt_lookup_num_tokens` and `max_matching_ngram_size`."""
+
+    num_tokens: int = 10
+    max_ngram: int = 2
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1 or self.max_ngram < 1:
+            raise WorkbenchError(f"hf-pld options num_tokens and max_ngram must be >= 1, got {self}")
+
+
+class HFPromptLookup(Method):
     name = "hf-pld"
     greedy = True
-
-    def __init__(self, context: MethodContext) -> None:
-        self.backbone = context.backbone
-        self.num_tokens = context.settings.pld_tokens
-        self.max_ngram = context.settings.pld_max_ngram
+    Options = PLDOptions
 
     def describe(self) -> dict[str, Any]:
-        return {"temperature": 0.0, "pld_tokens": self.num_tokens}
+        return {"temperature": 0.0}
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
         ids = hf_generate(self.backbone, prompt_ids, max_new_tokens, do_sample=False,
-                          prompt_lookup_num_tokens=self.num_tokens, max_matching_ngram_size=self.max_ngram)
+                          prompt_lookup_num_tokens=self.options.num_tokens,
+                          max_matching_ngram_size=self.options.max_ngram)
         return MethodOutput(ids)
-
-
-def build(context: MethodContext) -> HFPromptLookup:
-    return HFPromptLookup(context)

@@ -6,12 +6,17 @@ accuracy table by `trees.search`), else the shipped default tree.
 
 from __future__ import annotations
 
-from bench.methods.base import EngineMethod, MethodContext
+from typing import Any
+
+from bench.methods.base import EngineMethod, MethodContext, tree_of
 from medusa.acceptance import AcceptanceConfig
-from medusa.errors import WorkbenchError
 
 
-def build(context: MethodContext) -> EngineMethod:
-    if context.tree is None:
-        raise WorkbenchError("method medusa needs a tree")
-    return EngineMethod("medusa", context, context.tree, AcceptanceConfig(temperature=0.0))
+class Medusa(EngineMethod):
+    name = "medusa"
+    greedy = True
+    needs_heads = True
+    needs_tree = True
+
+    def __init__(self, context: MethodContext, options: Any = None) -> None:
+        super().__init__(context, options, tree_of(context, self.name), AcceptanceConfig(temperature=0.0))

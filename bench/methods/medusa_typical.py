@@ -5,16 +5,22 @@ Lossy by design: its quality is compared with `hf-sample` at the same temperatur
 
 from __future__ import annotations
 
-from bench.methods.base import EngineMethod, MethodContext
+from typing import Any
+
+from bench.methods.base import EngineMethod, MethodContext, tree_of
+from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig
-from medusa.errors import WorkbenchError
 
 
-def build(context: MethodContext) -> EngineMethod:
-    s = context.settings
-    if s.temperature <= 0:
-        raise WorkbenchError("method medusa-typical needs --temperature > 0 (0 is greedy acceptance: use medusa)")
-    if context.tree is None:
-        raise WorkbenchError("method medusa-typical needs a tree")
-    acceptance = AcceptanceConfig(s.temperature, s.posterior_threshold, s.posterior_alpha)
-    return EngineMethod("medusa-typical", context, context.tree, acceptance)
+class MedusaTypical(EngineMethod):
+    name = "medusa-typical"
+    greedy = False
+    needs_heads = True
+    needs_tree = True
+
+    def __init__(self, context: MethodContext, options: Any = None) -> None:
+        s = context.settings
+        if s.temperature <= 0:
+            raise WorkbenchError("method medusa-typical needs --temperature > 0 (0 is greedy acceptance: use medusa)")
+        acceptance = AcceptanceConfig(s.temperature, s.posterior_threshold, s.posterior_alpha)
+        super().__init__(context, options, tree_of(context, self.name), acceptance)

@@ -9,33 +9,36 @@ proposes the token k places past the root; its rank in that head's top-R list is
 accepts, so the path statistics below predict the engine's accepted length. Only positions where
 every head has a true future token are kept.
 
+This is the measuring side of `trees/` (which never runs a model): it writes the tables the
+acceptance models (`trees.acceptance_model`) and the tree search (`trees.search`) read.
+
 Outputs (in ``results/calibration/<heads name>/``, each written atomically):
 
 - ``ranks.parquet``: tidy ranks table ``prompt, position, head, rank0`` (rewritten after every
-  prompt, so an interrupted run keeps its work and ``--resume`` continues it);
+  prompt, so an interrupted run keeps its work and a re-run continues it; ``--fresh`` starts over);
 - ``accuracy.csv``: ``head, rank0, accuracy, count``, ``a_k(i) = P(rank of head k == i)``, with a
   ``rank0 == -1`` row per head for "not in the top R";
 - ``paths.csv``: ``path, depth, count, fraction`` for every observed rank-path prefix ("0-1-0");
   the empty path (depth 0) counts all positions;
-- ``holdout.csv``: both acceptance models fitted on half the prompts, scored on the other half;
-- ``calibration.json``: what was run (backbone, heads fingerprint, prompts, settings, timings).
+- ``holdout.csv``: the acceptance models cross-validated by prompt (`trees.holdout`);
+- ``calibration.json``: what was run (backbone, heads fingerprint, prompt set and count under
+  the keys ``source`` and ``prompts``, settings, timings) and its ``provenance``
+  (`common.provenance`).
 
 Usage::
 
-    python -m trees.calibrate                                  # shipped heads, 60 prompts x 128 tokens
-    python -m trees.calibrate --prompts 80 --max-new-tokens 128 --top-r 10
-    python -m trees.calibrate --heads results/heads/mine --out results/calibration/mine
+    python -m bench.calibrate                                  # shipped heads, 60 prompts x 128 tokens
+    python -m bench.calibrate --limit 80 --max-new-tokens 128 --top-r 10 --threads 1
+    python -m bench.calibrate --heads results/heads/mine --out results/calibration/mine
+    python -m bench.calibrate --prompts mtbench --limit 20    # another prompt set's calibration split
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,16 +46,23 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medusa.backbone import DEFAULT_BACKBONE, Backbone
+from common.cli import Parser, add_threads, apply_threads, quiet_libraries, run_cli
+from common.errors import MissingResult, WorkbenchError
+from common.io import atomic_write, display, read_json, write_csv, write_json
+from common.paths import DEFAULT_HEADS_DIR, calibration_dir
+from common.provenance import Provenance
+from medusa.backbone import Backbone, load_backbone
+from medusa.data import load_split
 from medusa.decode import DecodeConfig, generate
-from medusa.errors import WorkbenchError, run_cli
+from medusa.heads import heads_fingerprint
+from medusa.resolve import add_model_args, resolve_heads
 from trees.acceptance_model import (
     RANKS_COLUMNS,
-    holdout_evaluation,
+    load_ranks,
     marginals_from_ranks,
     path_stats_from_ranks,
 )
-from trees.search import CALIBRATION_ROOT, _display, _Parser
+from trees.holdout import holdout_evaluation, summarize_holdout
 from trees.tree import Tree, preset
 
 
@@ -60,19 +70,25 @@ from trees.tree import Tree, preset
 class CalibrationConfig:
     """What a calibration run decodes; each default is defined here only."""
 
-    prompts: int = 60
+    limit: int = 60  # number of calibration prompts
     max_new_tokens: int = 128
     top_r: int = 10
-    source: str = "sharegpt"
+    prompts: str = "sharegpt"  # prompt set whose calibration split is decoded
     split: str = "calibration"
 
     def __post_init__(self) -> None:
-        if self.prompts < 1:
-            raise WorkbenchError(f"prompts must be >= 1, got {self.prompts}")
+        if self.limit < 1:
+            raise WorkbenchError(f"--limit: the number of calibration prompts must be >= 1, got {self.limit}")
         if self.max_new_tokens < 2:
             raise WorkbenchError(f"max_new_tokens must be >= 2, got {self.max_new_tokens}")
         if self.top_r < 1:
             raise WorkbenchError(f"top_r must be >= 1, got {self.top_r}")
+
+    def as_meta(self) -> dict[str, Any]:
+        """The settings under calibration.json's keys (read by `analysis.load` and the resume check):
+        ``prompts`` is the number of prompts, ``source`` the prompt set."""
+        return {"prompts": self.limit, "max_new_tokens": self.max_new_tokens, "top_r": self.top_r,
+                "source": self.prompts, "split": self.split}
 
 
 # ---- the measurement ----------------------------------------------------------------------------
@@ -98,18 +114,10 @@ def batched_greedy(backbone: Backbone, prompts: Sequence[Sequence[int]], max_new
     flip a near-tie argmax in rare cases; the ranks stay exact for the text that was decoded.
     """
     eos = list(backbone.eos_token_ids)
-    pad = backbone.config.pad_token_id
-    pad = int(pad if pad is not None else (eos[0] if eos else 0))
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(list(p))
-        mask[i, width - len(p):] = 1
-    out = backbone.model.generate(
-        ids.to(backbone.device), attention_mask=mask.to(backbone.device), max_new_tokens=max_new_tokens,
-        do_sample=False, eos_token_id=eos or None, pad_token_id=pad,
-    )
+    ids, mask = backbone.left_pad(prompts)
+    width = ids.shape[1]
+    out = backbone.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                  eos_token_id=eos or None, pad_token_id=backbone.pad_id)
     results = []
     for row in out[:, width:].tolist():
         cut = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
@@ -221,27 +229,10 @@ def collect_ranks(
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write via a temporary file in the same folder and rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def write_ranks(ranks: pd.DataFrame, path: Path) -> Path:
     if path.suffix == ".parquet":
         return atomic_write(path, lambda p: ranks.to_parquet(p, index=False))
-    return atomic_write(path, lambda p: ranks.to_csv(p, index=False))
+    return write_csv(ranks, path)
 
 
 def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool = True) -> dict[str, Path]:
@@ -249,8 +240,8 @@ def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool =
     acc = marginals_from_ranks(ranks, top_r)
     stats = path_stats_from_ranks(ranks, top_r)
     files = {
-        "accuracy": atomic_write(out_dir / "accuracy.csv", lambda p: acc.to_frame().to_csv(p, index=False)),
-        "paths": atomic_write(out_dir / "paths.csv", lambda p: stats.to_frame().to_csv(p, index=False)),
+        "accuracy": write_csv(acc.to_frame(), out_dir / "accuracy.csv"),
+        "paths": write_csv(stats.to_frame(), out_dir / "paths.csv"),
     }
     if holdout and ranks["prompt"].nunique() >= 2:
         try:
@@ -258,23 +249,21 @@ def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool =
         except WorkbenchError:
             table = None
         if table is not None:
-            files["holdout"] = atomic_write(out_dir / "holdout.csv", lambda p: table.to_csv(p, index=False))
+            files["holdout"] = write_csv(table, out_dir / "holdout.csv")
     return files
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    from medusa.data import load_split
-    from medusa.generate import add_model_args, resolve_heads
-    from medusa.heads import DEFAULT_HEADS_DIR, heads_fingerprint
-
+def parser() -> Parser:
     d = CalibrationConfig()
-    p = _Parser(prog="python -m trees.calibrate", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.calibrate", description=__doc__.split("\n")[0])
     add_model_args(p)
-    p.add_argument("--prompts", type=int, default=d.prompts, help="number of calibration prompts")
+    add_threads(p)
+    p.add_argument("--prompts", default=d.prompts,
+                   help=f"prompt set whose calibration split is decoded (default {d.prompts}; mtbench, gsm8k or a .jsonl)")
+    p.add_argument("--limit", type=int, default=d.limit, help=f"number of calibration prompts (default {d.limit})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--top-r", type=int, default=d.top_r, help="length of each head's ranked list")
-    p.add_argument("--source", default=d.source, help="prompt source (its calibration split is used)")
     p.add_argument("--out", default=None, help="output folder (default results/calibration/<heads name>)")
     p.add_argument("--ranks-format", default="parquet", help="parquet or csv")
     p.add_argument("--fresh", action="store_true", help="ignore an existing ranks table instead of resuming it")
@@ -284,59 +273,74 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="recompute accuracy/paths/holdout tables from the existing ranks table, decode nothing")
     p.add_argument("--batch-size", type=int, default=1,
                    help="decode this many prompts at once with transformers generate (faster on CPU)")
-    args = p.parse_args(argv)
-    config = CalibrationConfig(args.prompts, args.max_new_tokens, args.top_r, args.source)
+    return p
+
+
+def check_args(args: Any) -> tuple[CalibrationConfig, Path, Path]:
+    """(config, heads folder, output folder) from the flags; every check that loads nothing."""
+    if str(args.prompts).isdigit():
+        raise WorkbenchError(f"--prompts is a prompt set (sharegpt, mtbench, gsm8k or a .jsonl file), "
+                             f"got {args.prompts!r}; the number of prompts is --limit N")
+    config = CalibrationConfig(args.limit, args.max_new_tokens, args.top_r, args.prompts)
     if args.ranks_format not in ("parquet", "csv"):
         raise WorkbenchError(f"--ranks-format must be parquet or csv, got {args.ranks_format!r}")
-    decode_tree = preset(args.decode_preset)
-
-    from medusa.backbone import load_backbone
-
     heads_dir = Path(args.heads) if args.heads else DEFAULT_HEADS_DIR
     if not (heads_dir / "heads.safetensors").is_file():
-        raise WorkbenchError(f"no trained heads at {heads_dir} (train them with `python -m medusa.train`)")
-    out_dir = Path(args.out) if args.out else CALIBRATION_ROOT / heads_dir.name
+        raise MissingResult(f"no trained heads at {display(heads_dir)} (train them with `python -m medusa.train`)")
+    out_dir = Path(args.out) if args.out else calibration_dir(heads_dir.name)
+    return config, heads_dir, out_dir
+
+
+def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: set[str]) -> pd.DataFrame | None:
+    """The ranks already measured with the same heads and settings (restricted to `names`), if any."""
+    if not (ranks_path.is_file() and meta_path.is_file()):
+        return None
+    old = read_json(meta_path, "calibration record")
+    if any(old.get(k) != meta[k] for k in ("heads_fingerprint", "top_r", "max_new_tokens", "source")):
+        return None
+    done = load_ranks(ranks_path)
+    done = done[done["prompt"].astype(str).isin(names)]
+    print(f"resuming: {done['prompt'].nunique()} prompts already in {display(ranks_path)}", file=sys.stderr)
+    return done
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    config, heads_dir, out_dir = check_args(args)
+    decode_tree = preset(args.decode_preset)
     ranks_path = out_dir / f"ranks.{args.ranks_format}"
     if args.derive_only:
-        from trees.acceptance_model import load_ranks
-
-        files = write_tables(load_ranks(ranks_path), out_dir, config.top_r)
-        report(files)
+        report(write_tables(load_ranks(ranks_path), out_dir, config.top_r))
         return 0
-    heads_fp = heads_fingerprint(heads_dir)
-    meta_path = out_dir / "calibration.json"
+    apply_threads(args.threads)
+    quiet_libraries()
 
-    backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, dtype=args.dtype, device=args.device)
-    heads = resolve_heads(backbone, str(heads_dir))
-    prompts = load_split(config.split, source=config.source, limit=config.prompts)
+    backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
+    heads = resolve_heads(str(heads_dir), backbone).heads
+    prompts = load_split(config.split, source=config.prompts, limit=config.limit)
     named = [(pr.id, backbone.chat_ids(pr.text)) for pr in prompts]
-
-    done = None
-    if ranks_path.is_file() and meta_path.is_file() and not args.fresh:
-        old = json.loads(meta_path.read_text())
-        same = (old.get("heads_fingerprint") == heads_fp and old.get("top_r") == config.top_r
-                and old.get("max_new_tokens") == config.max_new_tokens and old.get("source") == config.source)
-        if same:
-            from trees.acceptance_model import load_ranks
-
-            done = load_ranks(ranks_path)
-            done = done[done["prompt"].astype(str).isin({str(n) for n, _ in named})]
-            print(f"resuming: {done['prompt'].nunique()} prompts already in {ranks_path}", file=sys.stderr)
-
+    meta_path = out_dir / "calibration.json"
     meta: dict[str, Any] = {
-        **asdict(config),
+        **config.as_meta(),
         "backbone": backbone.name,
-        "heads": _display(heads_dir),
-        "heads_fingerprint": heads_fp,
+        "heads": display(heads_dir),
+        "heads_fingerprint": heads_fingerprint(heads_dir),
         "num_heads": heads.num_heads,
         "decode_tree": decode_tree.name,
         "batch_size": args.batch_size,
         "device": str(backbone.device),
         "dtype": str(backbone.dtype).removeprefix("torch."),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": now(),
         "complete": False,
+        "provenance": Provenance.collect(str(backbone.device), backbone.dtype, args.threads).as_dict(),
     }
-    atomic_write(meta_path, lambda q: q.write_text(json.dumps(meta, indent=1) + "\n"))
+    done = None if args.fresh else resumable(ranks_path, meta_path, meta, {str(n) for n, _ in named})
+    write_json(meta, meta_path, indent=1)
+
     t0 = time.perf_counter()
     ranks = collect_ranks(
         backbone, heads, named, config.max_new_tokens, config.top_r, done,
@@ -346,14 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_ranks(ranks, ranks_path)
     files = write_tables(ranks, out_dir, config.top_r)
     positions = len(ranks) // heads.num_heads
-    meta.update({
-        "prompts_done": int(ranks["prompt"].nunique()),
-        "positions": positions,
-        "decode_s": time.perf_counter() - t0,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": True,
-    })
-    atomic_write(meta_path, lambda q: q.write_text(json.dumps(meta, indent=1) + "\n"))
+    meta.update({"prompts_done": int(ranks["prompt"].nunique()), "positions": positions,
+                 "decode_s": time.perf_counter() - t0, "finished": now(), "complete": True})
+    write_json(meta, meta_path, indent=1)
     print(f"calibrated {heads_dir.name}: {meta['prompts_done']} prompts, {positions} positions")
     report(files)
     return 0
@@ -361,8 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(files: dict[str, Path]) -> None:
     """Print top-1 accuracy per head, the held-out summary and the files written."""
-    from trees.acceptance_model import summarize_holdout
-
     acc = pd.read_csv(files["accuracy"])
     top1 = acc[acc["rank0"] == 0].set_index("head")["accuracy"]
     print("  top-1 accuracy: " + ", ".join(f"head {h} {a:.3f}" for h, a in top1.items()))
@@ -373,7 +370,7 @@ def report(files: dict[str, Path]) -> None:
             print(f"    {r['tree']:14s} actual {r['actual']:.3f}  independence {100 * r['pooled_error_independence']:+.1f}%"
                   f"  empirical {100 * r['pooled_error_empirical']:+.1f}%  replay {100 * r['pooled_error_replay']:+.1f}%")
     for name, path in files.items():
-        print(f"  wrote {name}: {path}")
+        print(f"  wrote {name}: {display(path)}")
 
 
 if __name__ == "__main__":

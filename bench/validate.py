@@ -2,20 +2,17 @@
 
 For trees from each search method (greedy, empirical, and the Optuna/default tree when present)
 and the presets at the same node budget (`mc_sim_7b_63`, the best dense tree that fits, the
-top-1 chain of all heads), decode held-out MT-Bench prompts with the engine (greedy acceptance)
-and compare the mean accepted length per step (root token included) with what the independence,
-empirical and replay models fitted on the calibration prompts predict.
-
-Also home of `MeasuredAcceptance`, the engine-backed evaluator the Optuna search uses for typical
-acceptance (eps = posterior_threshold, delta = posterior_alpha): it reports the mean accepted
-length and a quality score, the mean log-probability per generated token under the backbone
-(higher = closer to what the base model itself would write).
+top-1 chain of all heads; `trees.baselines.validation_trees`), decode held-out MT-Bench prompts
+with the engine (greedy acceptance) and compare the mean accepted length per step (root token
+included) with what the independence, empirical and replay models fitted on the calibration
+prompts predict. This is the measuring side of `trees/`, which never runs a model.
 
 Usage::
 
-    python -m trees.validate                                  # 10 MT-Bench prompts x 96 tokens, budget 64
-    python -m trees.validate --prompts 20 --max-new-tokens 128 --budget 64 --tree results/trees/default.json
-    python -m trees.validate --engine none --replay --prompts 40 --out results/calibration/smollm2-135m-medusa1/replay.csv
+    python -m bench.validate                                  # 10 MT-Bench prompts x 96 tokens, budget 64
+    python -m bench.validate --limit 20 --max-new-tokens 128 --budget 64 --tree results/trees/default.json
+    python -m bench.validate --engine none --replay --limit 40 --out results/calibration/smollm2-135m-medusa1/replay.csv
+    python -m bench.validate --engine greedy_64,empirical_64 --limit 4 --threads 1
 
 With ``--replay`` the prompts are also decoded once (batched) into a ranks table, and every tree's
 accepted length is replayed from it (`trees.acceptance_model.simulate_steps`, exact for the decoded
@@ -27,7 +24,6 @@ columns VALIDATION_COLUMNS and prints a Markdown table for LOG.md.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -38,33 +34,28 @@ from typing import Any
 import pandas as pd
 import torch
 
+from bench.calibrate import collect_ranks, write_ranks
+from common.cli import Parser, add_threads, apply_threads, comma_list, quiet_libraries, run_cli
+from common.errors import WorkbenchError
+from common.io import display, write_csv
+from common.paths import DEFAULT_TREE_FILE, calibration_dir
+from common.provenance import PROVENANCE_COLUMNS, Provenance
 from medusa.acceptance import AcceptanceConfig
-from medusa.backbone import Backbone
+from medusa.backbone import Backbone, load_backbone
+from medusa.data import load_mtbench
 from medusa.decode import DecodeConfig, generate
-from medusa.errors import WorkbenchError, run_cli
-from trees.acceptance_model import (
-    Marginals,
-    PathStats,
-    ReplayModel,
-    expected_tokens,
-    replay_model_from_ranks,
-)
-from trees.calibrate import atomic_write, collect_ranks, write_ranks
-from trees.search import (
-    DEFAULT_HEADS_NAME,
-    AccuracyInputs,
-    _Parser,
-    resolve_accuracy,
-    search_tree,
-)
-from trees.tree import DEFAULT_TREE_FILE, Tree, chain, dense, preset
+from medusa.resolve import add_model_args, resolve_heads
+from trees.acceptance_model import ReplayModel, expected_tokens, load_ranks, replay_model_from_ranks
+from trees.baselines import validation_trees
+from trees.inputs import AccuracyInputs, heads_name, resolve_accuracy
+from trees.tree import Tree
 
 VALIDATION_COLUMNS = [
     "tree", "kind", "node_budget", "depth", "nodes_per_depth", "predicted_independence",
     "predicted_empirical", "predicted_replay", "measured_accepted_length", "error_independence",
     "error_empirical", "error_replay", "steps", "new_tokens", "prompts", "max_new_tokens",
     "tokens_per_s", "verify_ms_per_step", "replayed_accepted_length", "replay_steps",
-    "replay_error_independence", "replay_error_empirical", "replay_error_replay",
+    "replay_error_independence", "replay_error_empirical", "replay_error_replay", *PROVENANCE_COLUMNS,
 ]
 
 
@@ -102,12 +93,13 @@ def measure_tree(
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     acceptance: AcceptanceConfig | None = None,
-    seed: int = 0,
     quality: bool = False,
 ) -> Measurement:
-    """Decode every prompt with `tree`; pool the per-step accepted lengths of all prompts."""
-    acceptance = acceptance or AcceptanceConfig()
-    config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=acceptance, seed=seed)
+    """Decode every prompt with `tree`; pool the per-step accepted lengths of all prompts.
+
+    With `quality`, also score the output's mean log-probability under the backbone.
+    """
+    config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=acceptance or AcceptanceConfig())
     lengths: list[int] = []
     new_tokens, wall, verify, lp_sum, lp_n = 0, 0.0, 0.0, 0.0, 0
     for ids in prompts:
@@ -128,75 +120,7 @@ def measure_tree(
     )
 
 
-@dataclass
-class MeasuredAcceptance:
-    """Optuna evaluator: measure a tree on calibration prompts with the engine.
-
-    `temperature > 0` means typical acceptance, and the search then also picks eps and delta.
-    """
-
-    backbone: Backbone
-    heads: Any
-    prompts: Sequence[Sequence[int]]
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    seed: int = 0
-
-    @property
-    def typical(self) -> bool:
-        return self.temperature > 0
-
-    def measure(self, tree: Tree, posterior_threshold: float | None = None,
-                posterior_alpha: float | None = None) -> Measurement:
-        d = AcceptanceConfig()
-        acceptance = AcceptanceConfig(
-            temperature=self.temperature,
-            posterior_threshold=d.posterior_threshold if posterior_threshold is None else posterior_threshold,
-            posterior_alpha=d.posterior_alpha if posterior_alpha is None else posterior_alpha,
-        )
-        return measure_tree(self.backbone, self.heads, tree, self.prompts, self.max_new_tokens,
-                            acceptance, self.seed, quality=True)
-
-
-# ---- which trees --------------------------------------------------------------------------------
-def best_dense(node_budget: int, model: Marginals | PathStats, num_heads: int, top_r: int) -> Tree | None:
-    """The dense tree (same width under every node of a depth) with at most `node_budget` nodes
-    that the model predicts best; None if not even a single node fits."""
-    best: tuple[float, Tree] | None = None
-    for depth in range(1, num_heads + 1):
-        for widths in itertools.product(range(1, top_r + 1), repeat=depth):
-            n, w = 0, 1
-            for x in widths:
-                w *= x
-                n += w
-            if n + 1 > node_budget:
-                continue
-            tree = dense(list(widths))
-            score = expected_tokens(tree, model)
-            if best is None or score > best[0] + 1e-12:
-                best = (score, tree)
-    return best[1] if best else None
-
-
-def validation_trees(
-    inputs: AccuracyInputs, node_budget: int, extra: Sequence[Tree] = ()
-) -> list[tuple[str, Tree]]:
-    """(kind, tree) pairs: searched trees, given trees, presets of the same budget."""
-    m, stats = inputs.marginals, inputs.stats
-    out: list[tuple[str, Tree]] = [("greedy", search_tree("greedy", node_budget, m, stats).tree)]
-    if stats is not None:
-        out.append(("empirical", search_tree("empirical", node_budget, m, stats).tree))
-    out.extend(("given", t) for t in extra)
-    mc = preset("mc_sim_7b_63")
-    if mc.node_budget <= node_budget and mc.depth <= m.num_heads and mc.top_k <= m.top_r:
-        out.append(("preset", mc))
-    dn = best_dense(node_budget, stats if stats is not None else m, m.num_heads, m.top_r)
-    if dn is not None:
-        out.append(("dense", dn))
-    out.append(("chain", chain(m.num_heads)))
-    return out
-
-
+# ---- replayed and tabulated --------------------------------------------------------------------
 def replay_accepted_length(replay: ReplayModel | pd.DataFrame, tree: Tree) -> tuple[float, int]:
     """(mean accepted length, steps) the greedy engine would get, replayed from a ranks table.
 
@@ -252,8 +176,6 @@ def markdown(table: pd.DataFrame) -> str:
 
 def mtbench_prompts(n: int) -> list[Any]:
     """`n` MT-Bench first turns spread over the categories (every 80/n-th question)."""
-    from medusa.data import load_mtbench
-
     allp = [p.first_turn() for p in load_mtbench()]
     if n > len(allp):
         raise WorkbenchError(f"MT-Bench has {len(allp)} questions, asked for {n}")
@@ -261,19 +183,19 @@ def mtbench_prompts(n: int) -> list[Any]:
     return [allp[int(i * step)] for i in range(n)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from medusa.backbone import DEFAULT_BACKBONE, load_backbone
-    from medusa.generate import add_model_args, resolve_heads
-    from trees.search import default_calibration_dir
-
-    p = _Parser(prog="python -m trees.validate", description=__doc__.split("\n")[0])
+# ---- CLI ----------------------------------------------------------------------------------------
+def parser() -> Parser:
+    p = Parser(prog="python -m bench.validate", description=__doc__.split("\n")[0])
     add_model_args(p)
+    add_threads(p)
     p.add_argument("--budget", type=int, default=64)
-    p.add_argument("--prompts", type=int, default=10, help="MT-Bench prompts (first turns)")
+    p.add_argument("--limit", type=int, default=10, help="number of MT-Bench prompts (first turns, spread over categories)")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--accuracy", default=None, help="calibration accuracy.csv (paths.csv beside it)")
-    p.add_argument("--tree", action="append", default=[], help="extra tree JSON to validate (repeatable)")
-    p.add_argument("--out", default=None, help=f"CSV (default results/calibration/{DEFAULT_HEADS_NAME}/validation.csv)")
+    p.add_argument("--accuracy", default=None,
+                   help="calibration accuracy.csv (paths.csv beside it; default: the calibration of --heads)")
+    p.add_argument("--tree", action="append", default=[],
+                   help="extra tree JSON files to validate (comma-separated or repeated; default: the shipped default tree)")
+    p.add_argument("--out", default=None, help="CSV (default results/calibration/<heads name>/validation.csv)")
     p.add_argument("--engine", default="all",
                    help="trees decoded with the engine: all, none, or comma-separated tree names")
     p.add_argument("--replay", action="store_true",
@@ -281,56 +203,84 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8, help="batch of the replay's decoding pass")
     p.add_argument("--replay-ranks", default=None,
                    help="reuse a ranks table from an earlier --replay run (same prompts) instead of decoding")
-    args = p.parse_args(argv)
-    if args.prompts < 1 or args.max_new_tokens < 2:
-        raise WorkbenchError("--prompts must be >= 1 and --max-new-tokens >= 2")
+    return p
+
+
+def check_args(args: Any) -> None:
+    """Every flag check that loads nothing."""
+    if args.limit < 1 or args.max_new_tokens < 2:
+        raise WorkbenchError("--limit must be >= 1 and --max-new-tokens >= 2")
     args.replay = args.replay or args.replay_ranks is not None
     if args.engine == "none" and not args.replay:
         raise WorkbenchError("--engine none measures nothing without --replay")
 
-    inputs = resolve_accuracy(args.accuracy)
-    extra = [Tree.load(t) for t in args.tree]
+
+def engine_trees(engine: str, trees: Sequence[tuple[str, Tree]]) -> set[str]:
+    """Names of the trees `--engine` decodes with the engine: all, none or the listed ones."""
+    names = {t.name for _, t in trees}
+    if engine == "all":
+        return names
+    if engine == "none":
+        return set()
+    wanted = set(comma_list(engine, flag="--engine"))
+    unknown = sorted(wanted - names)
+    if unknown:
+        raise WorkbenchError(f"--engine: no tree named {', '.join(unknown)} (trees: {', '.join(sorted(names))})")
+    return wanted
+
+
+def replay_ranks(args: Any, backbone: Backbone, heads: Any, named: Sequence[tuple[str, list[int]]],
+                 top_r: int, out: Path) -> pd.DataFrame | None:
+    """The ranks table every tree is replayed from: read (--replay-ranks), decoded (--replay), or none."""
+    if args.replay_ranks:
+        return load_ranks(args.replay_ranks)
+    if not args.replay:
+        return None
+    t0 = time.perf_counter()
+    ranks = collect_ranks(backbone, heads, named, args.max_new_tokens, top_r, batch_size=args.batch_size)
+    write_ranks(ranks, out.with_name(out.stem + "_ranks.parquet"))
+    print(f"  replay ranks: {ranks['prompt'].nunique()} prompts, {len(ranks) // heads.num_heads} positions "
+          f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return ranks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    check_args(args)
+    inputs = resolve_accuracy(args.accuracy, heads=args.heads)
+    extra = [Tree.load(t) for t in comma_list(args.tree, flag="--tree")]
     if not args.tree and DEFAULT_TREE_FILE.is_file():
         extra.append(Tree.load(DEFAULT_TREE_FILE))
     trees = validation_trees(inputs, args.budget, extra)
-    out = Path(args.out) if args.out else (inputs.calibration_dir or default_calibration_dir()) / "validation.csv"
+    engine_names = engine_trees(args.engine, trees)
+    out = Path(args.out) if args.out else (inputs.calibration_dir or calibration_dir(heads_name(args.heads))) / "validation.csv"
+    apply_threads(args.threads)
+    quiet_libraries()
 
-    backbone = load_backbone(args.backbone or DEFAULT_BACKBONE, dtype=args.dtype, device=args.device)
-    heads = resolve_heads(backbone, args.heads)
+    backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
+    heads = resolve_heads(args.heads, backbone).heads
     for _, tree in trees:
         tree.check_fits(heads.num_heads)
-    named = [(pr.id, backbone.chat_ids(pr.text)) for pr in mtbench_prompts(args.prompts)]
+    named = [(pr.id, backbone.chat_ids(pr.text)) for pr in mtbench_prompts(args.limit)]
     prompts = [ids for _, ids in named]
-    engine_names = ({t.name for _, t in trees} if args.engine == "all" else set()
-                    if args.engine == "none" else set(args.engine.split(",")))
-    ranks = None
-    if args.replay_ranks:
-        from trees.acceptance_model import load_ranks
-
-        ranks = load_ranks(args.replay_ranks)
-    elif args.replay:
-        t0 = time.perf_counter()
-        ranks = collect_ranks(backbone, heads, named, args.max_new_tokens, inputs.marginals.top_r,
-                              batch_size=args.batch_size)
-        write_ranks(ranks, out.with_name(out.stem + "_ranks.parquet"))
-        print(f"  replay ranks: {ranks['prompt'].nunique()} prompts, {len(ranks) // heads.num_heads} positions "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    ranks = replay_ranks(args, backbone, heads, named, inputs.marginals.top_r, out)
     replay_model = replay_model_from_ranks(ranks) if ranks is not None else None
+    provenance = Provenance.collect(str(backbone.device), backbone.dtype, args.threads).as_dict()
     rows = []
     for kind, tree in trees:
         t0 = time.perf_counter()
         meas = measure_tree(backbone, heads, tree, prompts, args.max_new_tokens) if tree.name in engine_names else None
         replay = replay_accepted_length(replay_model, tree) if replay_model is not None else None
-        rows.append(validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens, replay))
-        table = pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
-        atomic_write(out, lambda q, t=table: t.to_csv(q, index=False))
+        rows.append({**validation_row(kind, tree, inputs, meas, len(prompts), args.max_new_tokens, replay),
+                     **provenance})
+        write_csv(pd.DataFrame(rows, columns=VALIDATION_COLUMNS), out)
         r = rows[-1]
         print(f"  {tree.name:24s} budget {tree.node_budget:4d}  measured {r['measured_accepted_length']:.3f}  "
               f"replayed {r['replayed_accepted_length']:.3f}  indep {r['predicted_independence']:.3f}  "
               f"emp {r['predicted_empirical']:.3f}  replay model {r['predicted_replay']:.3f}  "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     print(markdown(pd.DataFrame(rows, columns=VALIDATION_COLUMNS)))
-    print(f"wrote {out}")
+    print(f"wrote {display(out)}")
     return 0
 
 

@@ -1,0 +1,344 @@
+"""Medusa-1 training: frozen backbone, heads only, on cached hidden states.
+
+The backbone is frozen, so it runs **once** over the distilled data (`medusa.distill`) and its last
+hidden states are cached on disk (`medusa.train.cache`); epochs then cost only the heads. The loss
+(`medusa.train.losses`) weights head k's cross-entropy by decay^k; AdamW, cosine schedule with
+linear warmup (`medusa.train.schedule`). With the `shared` LM projection the 49152x576 projection
+is the backbone's frozen LM head: it needs no weight gradient, only the gradient to its input, and
+`--proj-dtype bfloat16` runs both products in bf16 (about 2x faster on a CPU with AVX512-BF16; the
+loss itself is fp32). `--train-vocab seen` shrinks it further: the training softmax runs over the
+tokens that occur as targets in the training data (a few thousand of the 49152) plus `--negatives`
+tokens resampled every step with the log(unseen/drawn) correction (sampled softmax); evaluation
+always uses the full vocabulary. The ResBlocks are cheap next to the projection, so extra
+`--layers` cost little.
+
+Every `--eval-every` steps the heads are scored on (`--eval-rows` positions of) the held-out cache,
+and at the end on all of it (`--final-eval-rows`): per-head cumulative top-1..10 accuracy
+(`accuracy_history.csv`: step, head, topk, accuracy, count; heads 1-based). The last evaluation is
+`accuracy.csv`; the loss curve (total and per head) is `loss.csv`. The output folder receives
+heads.safetensors + config.json (training record under `training`), training_record.json
+(`medusa.train.record`) and the prompt ids used (`prompts.txt`). A checkpoint
+(`<out>/checkpoint`, via accelerate) is saved every `--save-every` steps; running the same command
+again resumes from it, and it is removed when the run finishes. Batches and sampled negatives are
+functions of (seed, step), so a resumed run matches an uninterrupted one.
+
+The same code runs as one CPU process or data-parallel under `accelerate launch` / `torchrun`
+(each process takes its slice of every global batch; the cache is built once by the main process).
+
+Phases of `train_stage1`: read the data, load the backbone, build the caches, make the trainer,
+resume, run the steps (train, evaluate, log, checkpoint), write the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from tqdm import tqdm
+
+from common.errors import WorkbenchError
+from common.io import atomic_folder, atomic_write, write_csv
+from medusa.backbone import Backbone, load_backbone, parse_dtype
+from medusa.distill import Sample, ensure_writable, read_samples
+from medusa.heads import HeadsConfig, MedusaHeads, load_heads
+from medusa.train.cache import HiddenCache, build_cache
+from medusa.train.config import TrainConfig
+from medusa.train.inputs import check_data_fits, data_summary
+from medusa.train.losses import (
+    ProjectedHeads,
+    draw_negatives,
+    head_weights,
+    top1_by_head,
+    topk_accuracy,
+)
+from medusa.train.record import write_training_record
+from medusa.train.schedule import batch_indices, cosine_lr, eval_subset
+
+CHECKPOINT = "checkpoint"
+FLOAT_FORMAT = "%.6g"
+
+
+@dataclass
+class RunLog:
+    """What a run has logged so far (a loss row per step, accuracy evaluations); a checkpoint keeps it."""
+
+    loss: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: list[pd.DataFrame] = field(default_factory=list)
+
+    def history(self) -> pd.DataFrame | None:
+        return pd.concat(self.accuracy, ignore_index=True) if self.accuracy else None
+
+    def progress(self, step: int, config: TrainConfig) -> dict[str, Any]:
+        """The checkpoint's progress.json: the step reached, the settings and the logs."""
+        history = self.history()
+        return {"step": step, "config": asdict(config), "loss": self.loss,
+                "accuracy": history.to_dict("records") if history is not None else []}
+
+    @classmethod
+    def from_progress(cls, progress: dict[str, Any]) -> RunLog:
+        return cls(list(progress["loss"]), [pd.DataFrame(progress["accuracy"])] if progress["accuracy"] else [])
+
+
+@dataclass
+class Stage1Data:
+    """The samples a run reads and their hidden-state caches."""
+
+    train: list[Sample]
+    eval: list[Sample]
+    train_cache: HiddenCache
+    eval_cache: HiddenCache | None
+    cache_s: float
+
+
+@dataclass
+class Trainer:
+    """The heads, the module the steps run (DDP-wrapped when distributed) and its optimiser."""
+
+    heads: MedusaHeads
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    vocab: torch.Tensor | None
+    negatives_pool: int
+    negatives: int
+
+
+# ---- phases -----------------------------------------------------------------------------------
+def read_data(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """Training and held-out samples (read before the backbone loads, so bad data fails fast)."""
+    if not config.data or not config.out:
+        raise WorkbenchError("--data and --out are required")
+    train = read_samples(config.data, limit=config.max_samples)
+    return train, read_samples(config.eval_data) if config.eval_data else []
+
+
+def build_caches(config: TrainConfig, backbone: Backbone, train: list[Sample], held_out: list[Sample],
+                 accelerator: Accelerator, progress: bool) -> Stage1Data:
+    """Hidden-state caches of both sets, built by the main process first, then opened by the others."""
+    for folder in (config.data, config.eval_data):
+        if folder:
+            check_data_fits(folder, backbone)
+    with accelerator.main_process_first():
+        t0 = time.perf_counter()
+        train_cache = build_cache(backbone, train, config.num_heads, config.cache_root,
+                                  progress=progress and accelerator.is_main_process)
+        eval_cache = (build_cache(backbone, held_out, config.num_heads, config.cache_root, progress=False)
+                      if held_out else None)
+    return Stage1Data(train, held_out, train_cache, eval_cache, time.perf_counter() - t0)
+
+
+def make_heads(config: TrainConfig, backbone: Backbone) -> MedusaHeads:
+    """Fresh heads (their initialisation draws no random numbers) or `--init-heads`, in fp32."""
+    if config.init_heads:
+        heads = load_heads(config.init_heads, backbone)
+    else:
+        shape = HeadsConfig(num_heads=config.num_heads, num_layers=config.num_layers, lm_projection=config.lm_projection)
+        heads = MedusaHeads.for_backbone(backbone, shape)
+    if heads.config.num_heads != config.num_heads:
+        raise WorkbenchError(f"--init-heads has {heads.config.num_heads} heads but --num-heads is {config.num_heads}")
+    heads.requires_grad_(True)
+    heads.train()
+    # Heads train in fp32. The backbone is not needed after caching, so its (shared) LM head is made
+    # fp32 in place too: evaluation then scores the full vocabulary in fp32 on every device.
+    heads.to(torch.float32)
+    backbone.model.get_output_embeddings().to(torch.float32)
+    return heads
+
+
+def make_trainer(config: TrainConfig, heads: MedusaHeads, cache: HiddenCache, accelerator: Accelerator) -> Trainer:
+    """Loss module, AdamW and the cosine schedule, prepared for the accelerator."""
+    device = str(accelerator.device)
+    proj_dtype = None if config.proj_dtype in ("float32", "fp32") else parse_dtype(config.proj_dtype, device)
+    vocab = cache.target_vocab() if config.train_vocab == "seen" else None
+    module = ProjectedHeads(heads, config.decay, proj_dtype, vocab, config.negatives)
+    optimizer = torch.optim.AdamW([p for p in heads.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    warmup = int(config.warmup_ratio * config.steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_lr, total=config.steps, warmup=warmup))
+    pool, negatives = module.pool, module.negatives
+    # The scheduler stays unprepared: every process takes a slice of one global batch, so it steps
+    # once per optimizer step (accelerate would step it once per process).
+    module, optimizer = accelerator.prepare(module, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    return Trainer(heads, module, optimizer, scheduler, vocab, pool, negatives)
+
+
+def resume(config: TrainConfig, ckpt: Path, accelerator: Accelerator) -> tuple[int, RunLog]:
+    """The step and logs of `<out>/checkpoint` (restoring model, optimiser and schedule), else a fresh start."""
+    if not (ckpt / "progress.json").is_file():
+        return 0, RunLog()
+    progress = json.loads((ckpt / "progress.json").read_text())
+    if progress.get("config") != asdict(config):
+        raise WorkbenchError(f"{ckpt} belongs to a run with other settings; delete it or use another --out")
+    accelerator.load_state(str(ckpt / "state"))
+    accelerator.print(f"resuming from step {progress['step']}")
+    return int(progress["step"]), RunLog.from_progress(progress)
+
+
+def train_step(config: TrainConfig, trainer: Trainer, cache: HiddenCache, step: int,
+               accelerator: Accelerator) -> dict[str, Any]:
+    """One optimiser step on global batch `step` (this process's slice); returns its loss row."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    idx = batch_indices(cache.rows, config.batch_size, step, config.seed)[rank::world]
+    h, tgt = cache.batch(idx, accelerator.device)
+    negatives = draw_negatives(trainer.negatives_pool, trainer.negatives, config.seed, step)
+    loss, per_head = trainer.module(h, tgt, negatives)
+    accelerator.backward(loss)
+    trainer.optimizer.step()
+    trainer.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    per_head = accelerator.reduce(per_head, reduction="mean")
+    total = float((per_head * head_weights(config.num_heads, config.decay).to(per_head.device)).sum())
+    return {"step": step + 1, "loss": total, "lr": trainer.scheduler.get_last_lr()[0],
+            **{f"loss_head{k + 1}": float(per_head[k]) for k in range(config.num_heads)}}
+
+
+def evaluate(heads: MedusaHeads, cache: HiddenCache, rows: np.ndarray, step: int) -> pd.DataFrame:
+    """Top-1..10 accuracy per head on held-out `rows`, tagged with `step`."""
+    h, tgt = cache.batch(rows)
+    heads.eval()
+    try:
+        table = topk_accuracy(heads, h, tgt)
+    finally:
+        heads.train()
+    table.insert(0, "step", step)
+    return table
+
+
+def write_logs(out: Path, log: RunLog) -> None:
+    """loss.csv, and the accuracy history and latest accuracy when there are evaluations."""
+    write_csv(pd.DataFrame(log.loss), out / "loss.csv", float_format=FLOAT_FORMAT)
+    history = log.history()
+    if history is not None:
+        write_csv(history, out / "accuracy_history.csv", float_format=FLOAT_FORMAT)
+        write_csv(log.accuracy[-1].drop(columns="step"), out / "accuracy.csv", float_format=FLOAT_FORMAT)
+
+
+def save_checkpoint(accelerator: Accelerator, ckpt: Path, step: int, config: TrainConfig, log: RunLog) -> None:
+    """Replace `ckpt` in one rename; every process takes part (each saves its own RNG state)."""
+    main = accelerator.is_main_process
+    with atomic_folder(ckpt) if main else contextlib.nullcontext(None) as staging:
+        # Only the main process names the staging folder; the others learn it from it.
+        folder = Path(broadcast_object_list([str(staging) if main else None])[0])
+        accelerator.save_state(str(folder / "state"))
+        if main:
+            (folder / "progress.json").write_text(json.dumps(log.progress(step, config)))
+        accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()
+
+
+def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
+              accelerator: Accelerator, progress: bool) -> None:
+    """Steps `start_step`..`config.steps`, appending to `log`: evaluate and write logs every
+    `eval_every` steps and at the end, checkpoint every `save_every`."""
+    eval_rows = final_rows = None
+    if data.eval_cache is not None:
+        eval_rows = eval_subset(data.eval_cache.rows, config.eval_rows, config.seed)
+        final_rows = eval_subset(data.eval_cache.rows, config.final_eval_rows or data.eval_cache.rows, config.seed)
+    main = accelerator.is_main_process
+    trainer.module.train()
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train stage 1",
+               disable=not (progress and main))
+    for step in bar:
+        log.loss.append(train_step(config, trainer, data.train_cache, step, accelerator))
+        bar.set_postfix(loss=f"{log.loss[-1]['loss']:.3f}")
+        done = step + 1
+        if done % config.eval_every == 0 or done == config.steps:
+            if main and data.eval_cache is not None:
+                rows = final_rows if done == config.steps else eval_rows
+                table = evaluate(accelerator.unwrap_model(trainer.module).heads, data.eval_cache, rows, done)
+                log.accuracy.append(table)
+                top1 = table[table.topk == 1].accuracy.tolist()
+                bar.write(f"step {done}: top-1 " + " ".join(f"h{k + 1}={a:.3f}" for k, a in enumerate(top1)))
+            if main:
+                write_logs(out, log)
+        if done % config.save_every == 0 and done < config.steps:
+            save_checkpoint(accelerator, out / CHECKPOINT, done, config, log)
+    bar.close()
+
+
+def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
+                  world: int, timings: dict[str, float]) -> dict[str, Any]:
+    """The training record (before its provenance block is added)."""
+    cache, held_out = data.train_cache, data.eval_cache
+    final_rows = 0
+    if held_out is not None:
+        final_rows = min(config.final_eval_rows or held_out.rows, held_out.rows)
+    return {
+        "stage": 1,
+        "config": asdict(config),
+        "train_data": data_summary(config.data, data.train),
+        "eval_data": data_summary(config.eval_data, data.eval) if data.eval else None,
+        "train_rows": cache.rows,
+        "train_vocab_size": int(len(trainer.vocab)) if trainer.vocab is not None else trainer.heads.config.vocab_size,
+        "eval_rows": min(config.eval_rows, held_out.rows) if held_out is not None else 0,
+        "final_eval_rows": final_rows,
+        "token_samples_seen": config.steps * config.batch_size,
+        "epochs": round(config.steps * config.batch_size / cache.rows, 3),
+        "top1_accuracy_by_head": top1_by_head(log.accuracy[-1] if log.accuracy else None),
+        "final_loss": log.loss[-1]["loss"] if log.loss else None,
+        "cache_s": round(data.cache_s, 1),
+        "cache": cache.meta,
+        "train_s_this_run": round(timings["train_s"], 1),
+        "wall_s_this_run": round(timings["wall_s"], 1),
+        "resumed_from_step": start_step,
+        "processes": world,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_outputs(out: Path, record: dict[str, Any], heads: MedusaHeads, train: list[Sample],
+                  device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Heads + config.json, training_record.json and prompts.txt; the checkpoint is removed."""
+    heads.save(out, extra={"training": {k: record[k] for k in ("stage", "train_data", "top1_accuracy_by_head",
+                                                                "token_samples_seen")}})
+    record = write_training_record(out, record, device, dtype)
+    ids = sorted({s.key for s in train})
+    atomic_write(out / "prompts.txt", "# sha256 prompt keys (medusa.data.prompt_hash) of the training prompts\n"
+                 + "\n".join(ids) + "\n")
+    shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
+    return record
+
+
+# ---- the whole run ----------------------------------------------------------------------------
+def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train Medusa-1 heads on cached hidden states; returns the training record ({} with cache_only)."""
+    train, held_out = read_data(config)
+    out = Path(config.out)
+    ensure_writable(out)
+    accelerator = Accelerator(cpu=config.device == "cpu")
+    device = str(accelerator.device)
+    t_start = time.perf_counter()
+    backbone = load_backbone(config.backbone, dtype=parse_dtype(config.dtype, device), device=device)
+    dtype = backbone.dtype
+    data = build_caches(config, backbone, train, held_out, accelerator, progress)
+    if config.cache_only:
+        accelerator.print(f"cached {data.train_cache.rows} training rows ({data.train_cache.meta['chunks_built']} new "
+                          f"chunks) and {data.eval_cache.rows if data.eval_cache else 0} held-out rows in {data.cache_s:.0f} s")
+        return {}
+    trainer = make_trainer(config, make_heads(config, backbone), data.train_cache, accelerator)
+    start_step, log = resume(config, out / CHECKPOINT, accelerator)
+    t_train = time.perf_counter()
+    run_steps(config, out, trainer, data, log, start_step, accelerator, progress)
+    timings = {"train_s": time.perf_counter() - t_train}
+    record: dict[str, Any] = {}
+    if accelerator.is_main_process:
+        write_logs(out, log)
+        timings["wall_s"] = time.perf_counter() - t_start
+        record = stage1_record(config, trainer, data, log, start_step, accelerator.num_processes, timings)
+        heads = accelerator.unwrap_model(trainer.module).heads
+        record = write_outputs(out, record, heads, train, device, dtype)
+    accelerator.wait_for_everyone()
+    return record

@@ -1,0 +1,87 @@
+"""The cost model: a device's measured verify time, read from its latency profile.
+
+`bench.latency` measures a backbone's verify forward on a machine and writes
+`results/latency/<device>.csv`; this module reads such a file (`load_profile`) and answers
+`verify_time(n_query, context)` by interpolation, which the hardware-aware tree search divides
+accepted length by. Model-free: it reads tables only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import WorkbenchError
+from common.io import read_csv
+from common.paths import LATENCY_DIR
+from common.provenance import device_slug, upgrade_columns
+
+LATENCY_COMMAND = "python -m bench.latency"
+REQUIRED = ("context", "n_query", "median_s", "backbone", "dtype")
+
+
+def default_profile_path(device: str = "cpu") -> Path:
+    """This machine's profile file: results/latency/<device slug>.csv."""
+    return LATENCY_DIR / f"{device_slug(device)}.csv"
+
+
+def load_table(path: str | os.PathLike) -> pd.DataFrame:
+    """The whole latency CSV in the current schema (older provenance columns renamed), checked."""
+    table = upgrade_columns(read_csv(path, "latency profile", REQUIRED, command=LATENCY_COMMAND + " on this machine"))
+    if "device_name" in table.columns:
+        # Profiles of the first schema wrote "AMD EPYC (1 threads)"; threads has its own column.
+        table["device_name"] = table["device_name"].astype(str).str.replace(r" \(\d+ threads\)$", "", regex=True)
+    return table
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Measured verify time, interpolated in query tokens and context."""
+
+    table: pd.DataFrame
+    device: str
+    backbone: str
+
+    def verify_time(self, n_query: int, context: int = 512) -> float:
+        """Seconds for one verify forward of `n_query` tokens after `context` cached tokens."""
+        if n_query < 1:
+            raise WorkbenchError(f"n_query must be >= 1, got {n_query}")
+        contexts = sorted(self.table["context"].unique())
+        per_ctx = [self._at_context(c, n_query) for c in contexts]
+        if len(contexts) == 1:
+            return per_ctx[0]
+        return float(np.interp(context, contexts, per_ctx))
+
+    def step_floor(self) -> float:
+        """Weights-over-bandwidth floor of one forward, in seconds."""
+        return float(self.table["floor_s"].iloc[0])
+
+    def _at_context(self, context: int, n_query: int) -> float:
+        sub = self.table[self.table["context"] == context].sort_values("n_query")
+        ns, ts = sub["n_query"].to_numpy(float), sub["median_s"].to_numpy(float)
+        if n_query > ns[-1] and len(ns) >= 2:  # linear extrapolation past the last measurement
+            slope = (ts[-1] - ts[-2]) / (ns[-1] - ns[-2])
+            return float(ts[-1] + slope * (n_query - ns[-1]))
+        return float(np.interp(n_query, ns, ts))
+
+
+def load_profile(path: str | os.PathLike | None = None, backbone: str | None = None,
+                 dtype: str | None = None) -> LatencyProfile:
+    """Read a latency CSV (default: this machine's), optionally for one backbone and dtype."""
+    path = Path(path) if path is not None else default_profile_path()
+    table = load_table(path)
+    if backbone is not None:
+        table = table[table["backbone"] == backbone]
+    if dtype is not None:
+        table = table[table["dtype"] == dtype]
+    if table.empty:
+        raise WorkbenchError(f"latency profile {path} has no rows for backbone={backbone} dtype={dtype}")
+    # Several backbones/dtypes in one file: take the first unless asked.
+    first = table.iloc[0]
+    table = table[(table["backbone"] == first["backbone"]) & (table["dtype"] == first["dtype"])]
+    return LatencyProfile(table=table.reset_index(drop=True), device=str(first.get("device_name", "")),
+                          backbone=str(first["backbone"]))
