@@ -29,7 +29,9 @@ from pathlib import Path
 import torch
 
 from bench.latency import LatencyConfig, profile_backbone, write_profile
+from bench.methods.base import hf_generate
 from bench.prompts import load_bench_prompts
+from bench.records import count_new_tokens
 from common.cli import Parser, run_cli
 from common.errors import WorkbenchError
 from common.io import write_json
@@ -102,20 +104,61 @@ def tree_logits_error(bb: Backbone) -> float:
     return worst
 
 
-def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> list[dict]:
-    """ar vs medusa (shipped heads, default tree) tokens/s on the first MT-Bench questions."""
+# Used when the MT-Bench package is not installed (a lent GPU machine has no network to fetch it).
+FALLBACK_PROMPTS = (
+    "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences.",
+    "Explain the difference between a process and a thread to a new programmer.",
+    "Write a short story about a robot who learns to paint, in under 200 words.",
+    "What are the main causes of inflation, and how do central banks respond to it?",
+    "Give step-by-step instructions for making a cup of pour-over coffee.",
+    "Summarize the plot of Romeo and Juliet in five sentences.",
+    "Write a Python function that checks whether a string is a palindrome, and explain it.",
+    "Describe three ways to reduce the energy use of a home.",
+)
+
+
+def speed_prompts(n_prompts: int) -> tuple[str, list[str]]:
+    """(source, first turns): MT-Bench when its package is installed, else the fallback prompts."""
+    try:
+        return "mtbench", [p.turns[0] for p in load_bench_prompts("mtbench", limit=1)[:n_prompts]]
+    except WorkbenchError:
+        return "fallback", list(FALLBACK_PROMPTS[:n_prompts])
+
+
+def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> dict:
+    """hf-greedy vs ar vs medusa (shipped heads, default tree) tokens/s on a few first turns."""
     heads = resolve_heads(None, bb).heads
+    source, prompts = speed_prompts(n_prompts)
     rows = []
-    prompts = load_bench_prompts("mtbench", limit=1)[:n_prompts]
+    warm = bb.chat_ids(prompts[0])
+    hf_generate(bb, warm, 8, do_sample=False)
+    for i, text in enumerate(prompts):
+        ids = bb.chat_ids(text)
+        _sync_device(bb)
+        t0 = time.perf_counter()
+        new = count_new_tokens(hf_generate(bb, ids, max_new_tokens, do_sample=False), bb.eos_token_ids, max_new_tokens)
+        _sync_device(bb)
+        rows.append({"method": "hf-greedy", "tree": "", "prompt": i, "new_tokens": len(new),
+                     "wall_s": time.perf_counter() - t0, "mean_accepted_length": 1.0})
     for tree in (preset("root"), default_tree()):
         cfg = DecodeConfig(max_new_tokens=max_new_tokens)
-        generate(bb, heads, tree, bb.chat_ids(prompts[0].turns[0]), DecodeConfig(max_new_tokens=8))
-        for p in prompts:
-            out = generate(bb, heads, tree, bb.chat_ids(p.turns[0]), cfg)
+        generate(bb, heads, tree, warm, DecodeConfig(max_new_tokens=8))
+        for i, text in enumerate(prompts):
+            out = generate(bb, heads, tree, bb.chat_ids(text), cfg)
             rows.append({"method": "ar" if tree.depth == 0 else "medusa", "tree": tree.name,
-                         "prompt": p.id, "new_tokens": out.new_tokens, "wall_s": out.wall_s,
+                         "prompt": i, "new_tokens": out.new_tokens, "wall_s": out.wall_s,
                          "mean_accepted_length": out.mean_accepted_length})
-    return rows
+    per_method = {}
+    for m in ("hf-greedy", "ar", "medusa"):
+        sel = [r for r in rows if r["method"] == m]
+        per_method[m] = {"tokens_per_s": sum(r["new_tokens"] for r in sel) / sum(r["wall_s"] for r in sel),
+                         "mean_accepted_length": sum(r["mean_accepted_length"] for r in sel) / len(sel)}
+    return {"prompts": source, "max_new_tokens": max_new_tokens, "summary": per_method, "rows": rows}
+
+
+def _sync_device(bb: Backbone) -> None:
+    if bb.device.type == "cuda":
+        torch.cuda.synchronize(bb.device)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
