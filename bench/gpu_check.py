@@ -32,7 +32,7 @@ from bench.latency import LatencyConfig, profile_backbone, write_profile
 from bench.methods.base import hf_generate
 from bench.prompts import load_bench_prompts
 from bench.records import count_new_tokens
-from common.cli import Parser, run_cli
+from common.cli import Parser, comma_list, run_cli
 from common.errors import WorkbenchError
 from common.io import write_json
 from common.provenance import Provenance, device_slug
@@ -42,8 +42,9 @@ from medusa.kv_cache import StaticKV
 from medusa.resolve import resolve_heads
 from medusa.testing import OracleProposer, RandomProposer, greedy_reference, tiny_backbone
 from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask
-from trees.tree import chain, default_tree, preset
+from trees.tree import Tree, chain, default_tree, preset
 
+PHASES = ("correctness", "latency", "speed")
 SMOLLM2_SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                      tie_word_embeddings=True, rope_theta=100000.0)
@@ -125,13 +126,15 @@ def speed_prompts(n_prompts: int) -> tuple[str, list[str]]:
         return "fallback", list(FALLBACK_PROMPTS[:n_prompts])
 
 
-def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> dict:
-    """hf-greedy vs ar vs medusa (shipped heads, default tree) tokens/s on a few first turns."""
+def speed(bb: Backbone, tree: Tree, n_prompts: int, max_new_tokens: int) -> dict:
+    """hf-greedy vs ar vs medusa (shipped heads, `tree`) tokens/s on a few first turns."""
     heads = resolve_heads(None, bb).heads
     source, prompts = speed_prompts(n_prompts)
     rows = []
+    # One untimed full-length decode per method first: on a GPU the first long decode pays for
+    # kernel selection at every new length (2-3x slower in the first H200 runs; LOG.md).
     warm = bb.chat_ids(prompts[0])
-    hf_generate(bb, warm, 8, do_sample=False)
+    hf_generate(bb, warm, max_new_tokens, do_sample=False)
     for i, text in enumerate(prompts):
         ids = bb.chat_ids(text)
         _sync_device(bb)
@@ -140,12 +143,12 @@ def speed(bb: Backbone, n_prompts: int, max_new_tokens: int) -> dict:
         _sync_device(bb)
         rows.append({"method": "hf-greedy", "tree": "", "prompt": i, "new_tokens": len(new),
                      "wall_s": time.perf_counter() - t0, "mean_accepted_length": 1.0})
-    for tree in (preset("root"), default_tree()):
+    for t in (preset("root"), tree):
         cfg = DecodeConfig(max_new_tokens=max_new_tokens)
-        generate(bb, heads, tree, warm, DecodeConfig(max_new_tokens=8))
+        generate(bb, heads, t, warm, cfg)
         for i, text in enumerate(prompts):
-            out = generate(bb, heads, tree, bb.chat_ids(text), cfg)
-            rows.append({"method": "ar" if tree.depth == 0 else "medusa", "tree": tree.name,
+            out = generate(bb, heads, t, bb.chat_ids(text), cfg)
+            rows.append({"method": "ar" if t.depth == 0 else "medusa", "tree": t.name, "node_budget": t.node_budget,
                          "prompt": i, "new_tokens": out.new_tokens, "wall_s": out.wall_s,
                          "mean_accepted_length": out.mean_accepted_length})
     per_method = {}
@@ -167,7 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model-dir", default=None, help="folder holding SmolLM2 as a HF folder (config.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true", help="toy sizes (CPU test of the script itself)")
+    p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)} (default all)")
+    p.add_argument("--tree", default=None, help="tree JSON for the speed phase (default: the shipped default tree)")
+    p.add_argument("--speed-prompts", type=int, default=8, help="prompts in the speed phase (default 8)")
     args = p.parse_args(argv)
+    phases = comma_list(args.phases, flag="--phases")
+    if unknown := sorted(set(phases) - set(PHASES)):
+        raise WorkbenchError(f"--phases: unknown {unknown} (choose from {', '.join(PHASES)})")
+    tree = Tree.load(args.tree) if args.tree else default_tree()
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(report, out / "report.json", indent=1)
         print(f"[{name}] {json.dumps(report['phases'][name], default=str)[:400]}", flush=True)
 
-    phase("correctness", lambda: correctness(args.device))
+    if "correctness" in phases:
+        phase("correctness", lambda: correctness(args.device))
 
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
     lat = LatencyConfig(contexts=(32,), n_queries=(1, 4), repeats=2, warmup=1) if args.smoke else LatencyConfig(repeats=5)
@@ -205,10 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"rows": len(df), "median_ms_by_n_at_ctx": {
             int(r.n_query): round(r.median_s * 1e3, 3) for r in df[df.context == df.context.max()].itertuples()}}
 
-    phase("latency_smollm2", lambda: profile(real or random_backbone("smollm2-135m-random", small_shape, args.device, dtype)))
-    phase("latency_llama7b", lambda: profile(random_backbone("llama-7b-shape-random", big_shape, args.device, dtype)))
-    if real is not None:
-        phase("speed_ar_vs_medusa", lambda: speed(real, 2 if args.smoke else 8, 32 if args.smoke else 256))
+    if "latency" in phases:
+        phase("latency_smollm2", lambda: profile(real or random_backbone("smollm2-135m-random", small_shape, args.device, dtype)))
+        phase("latency_llama7b", lambda: profile(random_backbone("llama-7b-shape-random", big_shape, args.device, dtype)))
+    if "speed" not in phases:
+        pass
+    elif real is not None:
+        phase("speed_ar_vs_medusa", lambda: speed(real, tree, 2 if args.smoke else args.speed_prompts, 32 if args.smoke else 256))
     else:
         report["phases"]["speed_ar_vs_medusa"] = {"skipped": "needs the real SmolLM2 weights"}
     write_json(report, out / "report.json", indent=1)

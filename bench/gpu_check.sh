@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for one lent H100/H200 (no network, <= 64 MiB of working tree per call).
 #
-#   bench/gpu_check.sh OUT_DIR [MODEL_DIR]
+#   bench/gpu_check.sh OUT_DIR [MODEL_DIR [bench.gpu_check flags...]]
+#   e.g. bench/gpu_check.sh out .gpu_model --phases speed --tree results/trees/optuna_nvidia-h200.json
 #
 # MODEL_DIR (optional, default .gpu_model/) may hold SmolLM2 as
 #   - a HF folder (config.json + model.safetensors), or
@@ -41,5 +42,6 @@ fi
 ARGS=(--out "$OUT")
 [ -f "$HF_DIR/config.json" ] && ARGS+=(--model-dir "$HF_DIR")
 [ -f "$MODEL_DIR/config.json" ] && ARGS=(--out "$OUT" --model-dir "$MODEL_DIR")
+ARGS+=("${@:3}")
 timeout 470 "$PY" -m bench.gpu_check "${ARGS[@]}" 2>&1 | tee "$OUT/log.txt"
 exit "${PIPESTATUS[0]}"
