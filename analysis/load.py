@@ -14,7 +14,9 @@ What is read here, and from where (paths relative to the results folder):
   ``bench/<run>/summary.csv`` (tidy ``method, category, metric, value, lo, hi, n``) when it is
   current (at least as new as the records, or counting the same records per method), else the same
   summary computed in memory with `bench.summarize.summarize_frame` (so a run that was never
-  summarised still plots).
+  summarised still plots). The main comparison is the run named `common.paths.REFERENCE_RUN`
+  (``mtbench-ref``, made by ``make bench``) unless a caller names another (`pick_run`, ``--run``):
+  never the biggest run or whatever sits in a default folder.
 - ``heads/<heads>/`` training logs (`medusa.train`).
 
 Method names are never written here: the reference method and the speedup baselines are
@@ -42,7 +44,7 @@ from bench import records as R
 from bench.summarize import REFERENCE, summarize_frame
 from common.errors import MissingResult, WorkbenchError
 from common.io import display, read_csv
-from common.paths import RESULTS
+from common.paths import REFERENCE_RUN, RESULTS
 from medusa.train.record import upgrade_training_record
 
 DEFAULT_RESULTS = RESULTS
@@ -80,8 +82,9 @@ def note(message: str) -> None:
 
 
 # ---- benchmark runs -----------------------------------------------------------------------------
-# The default methods of bench.run are the main comparison.
-BENCH_COMMAND = "python -m bench.run --prompts mtbench --out results/bench/mtbench"
+# The default methods of bench.run are the main comparison; `make bench` makes the reference run
+# with the README's settings (all questions, both turns, two shards).
+BENCH_COMMAND = f"python -m bench.run --prompts mtbench --out results/bench/{REFERENCE_RUN}"
 
 
 @dataclass
@@ -158,21 +161,22 @@ def load_runs(results: str | os.PathLike | None = None, quiet: bool = False) -> 
 
 
 def pick_run(runs: Sequence[Run], name: str | None = None, need: Iterable[str] = (REFERENCE,)) -> Run:
-    """The named run, else the main comparison: `mtbench` if it qualifies, else the run with the
-    most records among those holding every method of `need` and at least one other method."""
-    need = tuple(need)
-    if name is not None:
-        for r in runs:
-            if r.name == name or str(r.dir) == name:
-                return r
-        raise MissingResult(f"no benchmark run named {name!r} under results/bench (run `{BENCH_COMMAND}` first)")
-    ok = [r for r in runs if set(need) <= set(r.methods) and len(set(r.methods) - set(need)) >= 1]
-    if not ok:
-        raise MissingResult(f"no benchmark run compares {', '.join(need)} with another method (run `{BENCH_COMMAND}` first)")
-    for r in ok:
-        if r.name == "mtbench":
-            return r
-    return max(ok, key=lambda r: (len(r.records), r.name))
+    """The run called `name` (its folder name or path), default the reference run `REFERENCE_RUN`.
+
+    Chosen by name only, so a trial run (say two prompts in results/bench/mtbench) never replaces
+    the reference. The run must hold every method of `need` and one more to compare them with.
+    """
+    name = REFERENCE_RUN if name is None else name
+    found = [r for r in runs if r.name == name or str(r.dir) == name]
+    if not found:
+        others = ", ".join(r.name for r in runs) or "none"
+        how = f"run `{BENCH_COMMAND}` first, or name another with --run NAME; " if name == REFERENCE_RUN else ""
+        raise MissingResult(f"no benchmark run named {name!r} ({how}runs there: {others})")
+    run, need = found[0], tuple(need)
+    if not set(need) <= set(run.methods) or not set(run.methods) - set(need):
+        raise MissingResult(f"run {run.name} does not compare {', '.join(need)} with another method "
+                            f"(it holds {', '.join(run.methods)}; name another with --run NAME)")
+    return run
 
 
 def mode_value(values: pd.Series) -> Any:

@@ -39,6 +39,7 @@ METHOD_COLORS = {
     "ar": "#2ca02c",
     "hf-greedy": "#7f7f7f",
     "hf-sample": "#8c564b",
+    "medusa-sample": "#17becf",
 }
 FAMILY_STYLE = {  # tree family -> (colour, marker)
     "sparse": ("#1f77b4", "o"),
@@ -92,6 +93,21 @@ def yerr(value: Iterable[float], lo: Iterable[float], hi: Iterable[float]) -> np
     if v.size == 0 or not (np.isfinite(lo_).any() or np.isfinite(hi_).any()):
         return None
     return np.vstack([np.where(np.isfinite(lo_), v - lo_, 0.0), np.where(np.isfinite(hi_), hi_ - v, 0.0)]).clip(0)
+
+
+def uncrowded(x: Iterable[float], y: Iterable[float], min_gap: float = 0.05, keep: Iterable[int] = ()) -> list[bool]:
+    """Which points may carry a text label without touching another label: points are taken in
+    order (those in `keep` first) and one is labelled when it lies at least `min_gap` (in units of
+    the data's range on each axis, Chebyshev distance) from every point labelled before it."""
+    xs, ys = (np.asarray(list(a), dtype=float) for a in (x, y))
+    span = lambda a: float(np.nanmax(a) - np.nanmin(a)) or 1.0  # noqa: E731
+    pts = np.column_stack([(xs - np.nanmin(xs)) / span(xs), (ys - np.nanmin(ys)) / span(ys)]) if xs.size else xs
+    order = list(dict.fromkeys([*keep, *range(len(xs))]))
+    chosen: list[int] = []
+    for i in order:
+        if all(np.max(np.abs(pts[i] - pts[j])) >= min_gap for j in chosen):
+            chosen.append(i)
+    return [i in chosen for i in range(len(xs))]
 
 
 def save(fig: Figure, out_dir: str | os.PathLike, stem: str) -> list[Path]:

@@ -2,11 +2,14 @@
 
     python -m analysis.tables                      # every table whose inputs exist
     python -m analysis.tables speed heads          # only these (exit 2 if one cannot be made)
-    python -m analysis.tables --results results/ --run mtbench
+    python -m analysis.tables --run mtbench-ref          # the reference run (the default)
+    python -m analysis.tables speed --results results/_scratch --run mtbench   # a run of your own
 
 Tables go to stdout (paste-ready Markdown, each under a ``###`` heading with a provenance line);
 a table whose inputs are missing is reported on stderr as ``skipped <name>: <reason>`` naming the
-command to run first, and the exit status stays 0 unless that table was asked for by name.
+command to run first, and the exit status stays 0 unless that table was asked for by name. The
+speed tables report the run named ``--run`` (default `common.paths.REFERENCE_RUN`, ``mtbench-ref``),
+never whichever run is biggest or sits in a default folder.
 Intervals are the 95% bootstrap intervals of `bench.summarize` (Wilson intervals for accuracies).
 
 Tables (they read what the figure of the same subject reads, see `analysis.figures`):
@@ -30,6 +33,7 @@ from analysis import fig_bench, load, load_calibration, load_latency
 from bench.summarize import BASELINES, IDENTICAL, REFERENCE, speedup_metric
 from common.cli import Parser, run_cli
 from common.errors import WorkbenchError
+from common.paths import REFERENCE_RUN
 
 
 def fmt(value: Any, lo: Any = np.nan, hi: Any = np.nan, digits: int = 2, pct: bool = False) -> str:
@@ -193,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(prog="python -m analysis.tables", description=__doc__.split("\n")[0])
     p.add_argument("names", nargs="*", help=f"tables to print (default: all): {', '.join(TABLES)}")
     p.add_argument("--results", default=None, help="results folder (default: the repository's results/)")
-    p.add_argument("--run", default=None, help="benchmark run for the speed tables (default: mtbench or the largest)")
+    p.add_argument("--run", default=None, help=f"benchmark run for the speed tables (default {REFERENCE_RUN})")
     p.add_argument("--calibration", default=None, help="calibration folder name (default: the shipped heads')")
     p.add_argument("--temperature", type=float, default=None, help="temperature of the eps sweep")
     a = p.parse_args(argv)

@@ -12,7 +12,10 @@ every head has a true future token are kept.
 This is the measuring side of `trees/` (which never runs a model): it writes the tables the
 acceptance models (`trees.acceptance_model`) and the tree search (`trees.search`) read.
 
-Outputs (in ``results/calibration/<heads name>/``, each written atomically):
+Outputs (in ``--out``, default ``results/_scratch/calibration/<heads name>/``, git-ignored, so a
+plain run never changes the committed calibration under ``results/calibration/``, which ``make
+calibrate`` refreshes; the tree search reads the committed calibration of a heads folder, else this
+scratch one; each file written atomically):
 
 - ``ranks.parquet``: tidy ranks table ``prompt, position, head, rank0`` (rewritten after every
   prompt, so an interrupted run keeps its work and a re-run continues it; ``--fresh`` starts over);
@@ -29,7 +32,8 @@ Usage::
 
     python -m bench.calibrate                                  # shipped heads, 60 prompts x 128 tokens
     python -m bench.calibrate --limit 80 --max-new-tokens 128 --top-r 10 --threads 1
-    python -m bench.calibrate --heads results/heads/mine --out results/calibration/mine
+    python -m bench.calibrate --heads results/_scratch/heads/mine   # -> results/_scratch/calibration/mine
+    python -m bench.calibrate --fresh --out results/calibration/smollm2-135m-medusa1   # the committed one
     python -m bench.calibrate --prompts mtbench --limit 20    # another prompt set's calibration split
 """
 
@@ -49,12 +53,13 @@ import torch
 from common.cli import Parser, add_threads, apply_threads, quiet_libraries, run_cli
 from common.errors import MissingResult, WorkbenchError
 from common.io import atomic_write, display, read_json, write_csv, write_json
-from common.paths import DEFAULT_HEADS_DIR, calibration_dir
+from common.paths import DEFAULT_HEADS_DIR, SCRATCH_CALIBRATION, scratch_calibration_dir
 from common.provenance import Provenance
 from medusa.backbone import Backbone, load_backbone
 from medusa.data import load_split
 from medusa.decode import DecodeConfig, generate
 from medusa.heads import heads_fingerprint
+from medusa.official_layout import is_official_layout
 from medusa.resolve import add_model_args, resolve_heads
 from trees.acceptance_model import (
     RANKS_COLUMNS,
@@ -264,7 +269,9 @@ def parser() -> Parser:
     p.add_argument("--limit", type=int, default=d.limit, help=f"number of calibration prompts (default {d.limit})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--top-r", type=int, default=d.top_r, help="length of each head's ranked list")
-    p.add_argument("--out", default=None, help="output folder (default results/calibration/<heads name>)")
+    p.add_argument("--out", default=None,
+                   help=f"output folder (default {display(SCRATCH_CALIBRATION)}/<heads name>; results/calibration/... "
+                        "refreshes a committed calibration)")
     p.add_argument("--ranks-format", default="parquet", help="parquet or csv")
     p.add_argument("--fresh", action="store_true", help="ignore an existing ranks table instead of resuming it")
     p.add_argument("--decode-preset", default="root",
@@ -285,9 +292,9 @@ def check_args(args: Any) -> tuple[CalibrationConfig, Path, Path]:
     if args.ranks_format not in ("parquet", "csv"):
         raise WorkbenchError(f"--ranks-format must be parquet or csv, got {args.ranks_format!r}")
     heads_dir = Path(args.heads) if args.heads else DEFAULT_HEADS_DIR
-    if not (heads_dir / "heads.safetensors").is_file():
+    if not ((heads_dir / "heads.safetensors").is_file() or is_official_layout(heads_dir)):
         raise MissingResult(f"no trained heads at {display(heads_dir)} (train them with `python -m medusa.train`)")
-    out_dir = Path(args.out) if args.out else calibration_dir(heads_dir.name)
+    out_dir = Path(args.out) if args.out else scratch_calibration_dir(heads_dir.name)
     return config, heads_dir, out_dir
 
 

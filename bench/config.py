@@ -16,7 +16,7 @@ from bench.methods import METHODS, check_methods, resolve_options
 from bench.prompts import source_name
 from common.cli import Parser, add_threads, comma_list
 from common.errors import WorkbenchError
-from common.paths import BENCH_ROOT
+from common.paths import SCRATCH_BENCH
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import DEFAULT_BACKBONE
 from medusa.decode import DecodeConfig
@@ -37,7 +37,7 @@ class BenchConfig:
     max_new_tokens: int = DecodeConfig().max_new_tokens
     repeats: int = 1
     seed: int = 0
-    out: str | None = None  # default results/bench/<prompt set>
+    out: str | None = None  # default results/_scratch/bench/<prompt set> (never a committed run)
     shard: tuple[int, int] = (0, 1)
     backbone: str = DEFAULT_BACKBONE
     heads: str | None = None  # heads folder; default: the shipped heads, else untrained ones
@@ -85,7 +85,7 @@ class BenchConfig:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out) if self.out else BENCH_ROOT / source_name(self.prompts)
+        return Path(self.out) if self.out else SCRATCH_BENCH / source_name(self.prompts)
 
     @property
     def needs_heads(self) -> bool:
@@ -133,7 +133,8 @@ def parser() -> Parser:
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=None, help="run folder (default results/bench/<prompts>)")
+    p.add_argument("--out", default=None,
+                   help="run folder (default results/_scratch/bench/<prompts>; results/bench/NAME makes a committed run)")
     p.add_argument("--shard", default="0/1", help="i/n: run every n-th prompt starting at i (0-based)")
     add_model_args(p)
     add_threads(p)

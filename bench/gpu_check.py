@@ -32,7 +32,7 @@ from bench.latency import LatencyConfig, profile_backbone, write_profile
 from bench.methods.base import hf_generate
 from bench.prompts import load_bench_prompts
 from bench.records import count_new_tokens
-from common.cli import Parser, comma_list, run_cli
+from common.cli import Parser, add_threads, apply_threads, comma_list, run_cli
 from common.errors import WorkbenchError
 from common.io import write_json
 from common.provenance import Provenance, device_slug
@@ -173,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)} (default all)")
     p.add_argument("--tree", default=None, help="tree JSON for the speed phase (default: the shipped default tree)")
     p.add_argument("--speed-prompts", type=int, default=8, help="prompts in the speed phase (default 8)")
+    add_threads(p)
     args = p.parse_args(argv)
+    apply_threads(args.threads)
     phases = comma_list(args.phases, flag="--phases")
     if unknown := sorted(set(phases) - set(PHASES)):
         raise WorkbenchError(f"--phases: unknown {unknown} (choose from {', '.join(PHASES)})")

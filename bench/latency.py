@@ -6,10 +6,15 @@ the LM head on the query tokens) for n = 1, 2, 4, ..., 256 query tokens after co
 128/512/1024 tokens: the median of repeats after warm-up. It also measures the machine's memory
 read bandwidth and matrix throughput, so the weights-over-bandwidth floor can be drawn beside it.
 
-    python -m bench.latency                      # SmolLM2 on this CPU -> results/latency/<device>.csv
+    python -m bench.latency                      # SmolLM2 on this CPU -> results/_scratch/latency/<device>.csv
     python -m bench.latency --device cuda --dtype bfloat16 --contexts 128,512,1024
+    python -m bench.latency --threads 1 --out results/latency/cpu-amd-epyc-1t.csv   # refresh the committed one
 
-The tree search reads the CSV through `trees.cost.load_profile(...).verify_time(n_query, context)`.
+A plain run writes the git-ignored scratch file, never the committed profile under results/latency/
+(`make latency` names that one). The tree search reads the CSV through
+`trees.cost.load_profile(...).verify_time(n_query, context)`: by default the committed profile of
+this device, else the scratch one. Timings are only as good as the machine is idle: a `warning:`
+line says when the load average shows other processes on the cores.
 
 CSV columns (one row per context x n_query): device_slug, backbone, context, n_query, median_s,
 p10_s, p90_s, decoder_s, lm_head_s, repeats, weight_bytes, mem_bandwidth_gbs, matmul_gflops,
@@ -31,15 +36,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.cli import Parser, add_dtype, add_threads, apply_threads, comma_list, run_cli
+from common.cli import (
+    Parser,
+    add_dtype,
+    add_threads,
+    apply_threads,
+    comma_list,
+    load_average,
+    run_cli,
+    warn_if_busy,
+)
 from common.errors import WorkbenchError
-from common.io import write_csv
+from common.io import display, write_csv
+from common.paths import SCRATCH_LATENCY
 from common.provenance import PROVENANCE_COLUMNS, Provenance, device_slug
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.decode import cache_kwarg
 from medusa.kv_cache import StaticKV
 from medusa.tree_attention import causal_mask
-from trees.cost import default_profile_path, load_table
+from trees.cost import load_table
 
 MEASURED_COLUMNS = [
     "device_slug", "backbone", "context", "n_query", "median_s", "p10_s", "p90_s", "decoder_s", "lm_head_s",
@@ -182,6 +197,7 @@ def positive_ints(text: str, flag: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load = load_average()  # the neighbours' load, read before ours adds to it
     d = LatencyConfig()
     p = Parser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
@@ -192,23 +208,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--warmup", type=int, default=d.warmup)
     add_threads(p)
-    p.add_argument("--out", default=None, help="CSV path (default results/latency/<device>.csv)")
+    p.add_argument("--out", default=None,
+                   help=f"CSV path (default {display(SCRATCH_LATENCY)}/<device>.csv; results/latency/... refreshes a committed profile)")
     args = p.parse_args(argv)
     apply_threads(args.threads)
     if args.repeats < 1:
         raise WorkbenchError("--repeats must be >= 1")
     config = LatencyConfig(positive_ints(args.contexts, "--contexts"), positive_ints(args.n_queries, "--n-queries"),
                            args.repeats, args.warmup)
-    out = Path(args.out) if args.out else default_profile_path(args.device)
+    out = Path(args.out) if args.out else SCRATCH_LATENCY / f"{device_slug(args.device)}.csv"
     backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
     df = profile_backbone(backbone, config)
     write_profile(df, out)
     ctx = sorted(df["context"].unique())[len(df["context"].unique()) // 2]
     sub = df[df["context"] == ctx]
-    print(f"wrote {out}: {len(df)} rows; floor (weights/bandwidth) {df['floor_s'].iloc[0] * 1e3:.1f} ms, "
+    print(f"wrote {display(out)}: {len(df)} rows; floor (weights/bandwidth) {df['floor_s'].iloc[0] * 1e3:.1f} ms, "
           f"bandwidth {df['mem_bandwidth_gbs'].iloc[0]:.1f} GB/s, matmul {df['matmul_gflops'].iloc[0]:.0f} GFLOP/s")
     for _, r in sub.iterrows():
         print(f"  context {int(r.context):5d}  n_query {int(r.n_query):4d}  {r.median_s * 1e3:8.2f} ms")
+    warn_if_busy(load)
     return 0
 
 

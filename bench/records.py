@@ -24,7 +24,10 @@ applied to transformers `generate` outputs and to the engine's outputs alike.
 ``tokens.jsonl`` in one `write` call, then rewrites ``records.csv`` through `common.io.atomic_write`.
 A record exists once its CSV row exists; a tokens line without a row (the process was killed
 between the two writes) or a torn last line is dropped when the store is opened again. So Ctrl-C or
-a kill at any moment leaves valid files, and resuming never duplicates a row.
+a kill at any moment leaves valid files, and resuming never duplicates a row. A records.csv cut off
+by something else (a copy or a disk that stopped short: its last row lacks its newline) loses that
+row only, with one `warning:` line, and resuming measures it again; a records.csv damaged anywhere
+else (binary data, a short row) is one `error:` line naming the file and line (`read_records`).
 
 **Schema versions.** v2 (now) records each method's own settings as one JSON column,
 ``method_options``, and in run.json's identity as ``method_options`` (method -> options). v1 had a
@@ -41,6 +44,7 @@ import io
 import json
 import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -251,32 +255,102 @@ def upgrade_run_info(info: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
+def _damaged(path: Path, where: str) -> WorkbenchError:
+    """The one error line for a records.csv that cannot be read, with what to do about it."""
+    return WorkbenchError(
+        f"{display(path)} is damaged ({where}); restore it from a copy, or delete the damaged lines and resume "
+        f"with `python -m bench.run ... --out {display(path.parent)}` to measure those records again "
+        f"({TOKENS_FILE} keeps their outputs but not their timings)"
+    )
+
+
+def _torn_row(tail: bytes, columns: Sequence[str]) -> str:
+    """`question 81, turn 1, medusa, repeat 0`: the key of a cut-off row, as far as it got."""
+    cells = next(csv.reader([tail.decode("utf-8", "replace")]), [])
+    named = dict(zip(columns, cells))
+    shown = [f"question {named['question_id']}" if "question_id" in named else "",
+             f"turn {named['turn']}" if "turn" in named else "", named.get("method", ""),
+             f"repeat {named['repeat']}" if "repeat" in named else ""]
+    return ", ".join(x for x in shown if x) or "its key was cut off too"
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """(rows of a records.csv as typed dicts, the key of a cut-off last row that was dropped, or None).
+
+    Every row the writer writes ends with a newline, so text after the last newline is a row cut
+    off mid-write (a copy or disk that stopped short): it is dropped, the rows before it are kept,
+    and its record, still missing, is measured again when the run resumes. Anything else that
+    cannot be read (binary data, a short row in the middle, an unparsable value) is one
+    `WorkbenchError` line naming the file and line. v1 files are upgraded, other schemas refused.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise WorkbenchError(f"cannot read {display(path)}: {e.strerror}") from None
+    cut = data.rfind(b"\n") + 1
+    complete, tail = data[:cut], data[cut:]
+    try:
+        text = complete.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = complete.count(b"\n", 0, e.start) + 1
+        raise _damaged(path, f"binary data on line {line}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = tuple(reader.fieldnames or ())
+    v1_max_ngram = None  # set for a v1 file: its rows are upgraded with the run's hf-pld max_ngram
+    if columns == V1_COLUMNS:
+        identity = (read_run_json(path.parent) or {}).get("identity") or {}
+        pld = (identity.get("method_options") or {}).get(_V1_PLD_METHOD) or {}
+        v1_max_ngram = pld.get("max_ngram", _V1_PLD_MAX_NGRAM)
+    elif columns == COLUMNS:
+        pass
+    elif not columns and tail.strip():
+        raise _damaged(path, "its header line is cut off or unreadable")
+    else:
+        raise WorkbenchError(f"{path} does not have the schema v{SCHEMA_VERSION} columns; use a new --out")
+    rows = []
+    for raw in reader:
+        try:
+            if None in raw or None in raw.values():
+                cells = sum(v is not None for k, v in raw.items() if k is not None) + len(raw.get(None) or ())
+                raise ValueError(f"{cells} cells, the header has {len(columns)}")
+            row = raw if v1_max_ngram is None else upgrade_v1_row(raw, v1_max_ngram)
+            rows.append({c: _parse(c, row[c]) for c in COLUMNS})
+        except (KeyError, TypeError, ValueError) as e:
+            raise _damaged(path, f"line {reader.line_num} cannot be read: {e}") from None
+    torn = _torn_row(tail, columns) if tail.strip() else None
+    return rows, torn
+
+
+# Cut-off rows already reported in this process (one warning per file state, not per reader).
+_REPORTED: set[tuple[str, int, int]] = set()
+
+
+def _report_torn(path: Path, torn: str, then: str) -> None:
+    stat = path.stat()
+    state = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if state not in _REPORTED:
+        _REPORTED.add(state)
+        print(f"warning: {display(path)}: its last row ({torn}) was cut off; dropped it, {then}", file=sys.stderr)
+
+
 def read_records_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a records.csv as typed dicts; v1 files are upgraded, other schemas refused."""
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        columns = tuple(reader.fieldnames or ())
-        if columns == COLUMNS:
-            raw = list(reader)
-        elif columns == V1_COLUMNS:
-            identity = (read_run_json(path.parent) or {}).get("identity") or {}
-            pld = (identity.get("method_options") or {}).get(_V1_PLD_METHOD) or {}
-            raw = [upgrade_v1_row(r, pld.get("max_ngram", _V1_PLD_MAX_NGRAM)) for r in reader]
-        else:
-            raise WorkbenchError(f"{path} does not have the schema v{SCHEMA_VERSION} columns; use a new --out")
-    return [{c: _parse(c, r[c]) for c in COLUMNS} for r in raw]
+    """Rows of a records.csv as typed dicts (`read_records`), warning once about a cut-off last row."""
+    rows, torn = read_records(path)
+    if torn:
+        _report_torn(path, torn, f"every other row is read (resume with --out {display(path.parent)} to measure it again)")
+    return rows
 
 
 def read_tokens_jsonl(path: Path) -> dict[tuple[str, int, str, int], dict[str, Any]]:
-    """Tokens lines by key; a torn line (killed mid-write) is skipped, the last copy of a key wins."""
+    """Tokens lines by key; a torn or unreadable line (killed mid-write) is skipped, the last copy of a key wins."""
     out: dict[tuple[str, int, str, int], dict[str, Any]] = {}
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            d = json.loads(line)
+            d = json.loads(line.decode("utf-8"))
             out[record_key(d)] = d
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
     return out
 
@@ -293,9 +367,10 @@ class RecordStore:
         self.records_path = self.dir / RECORDS_FILE
         self.tokens_path = self.dir / TOKENS_FILE
         self.rows: dict[tuple[str, int, str, int], dict[str, Any]] = {}
+        torn = None
         if self.records_path.is_file():
-            for row in read_records_csv(self.records_path):
-                self.rows[record_key(row)] = row
+            rows, torn = read_records(self.records_path)
+            self.rows = {record_key(row): row for row in rows}
         tokens = read_tokens_jsonl(self.tokens_path)
         self.tokens = {k: v for k, v in tokens.items() if k in self.rows}
         missing = [k for k in self.rows if k not in self.tokens]
@@ -303,6 +378,9 @@ class RecordStore:
             raise WorkbenchError(f"{self.tokens_path} lacks the token ids of {len(missing)} records (first: {missing[0]})")
         # Drop orphan and torn lines so the file holds exactly one line per record.
         self._write_tokens()
+        if torn:
+            _report_torn(self.records_path, torn, "it is measured again when this run resumes")
+            self._write_records()
 
     def __contains__(self, key: tuple[str, int, str, int]) -> bool:
         return key in self.rows

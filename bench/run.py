@@ -2,11 +2,15 @@
 
     python -m bench.run --methods hf-greedy,ar,hf-pld,medusa --prompts mtbench \\
         [--limit N] [--categories writing,math] [--turns 1|2] [--max-new-tokens 256] \\
-        [--repeats R] [--seed S] [--out results/bench/NAME] [--shard i/n] \\
+        [--repeats R] [--seed S] [--out FOLDER] [--shard i/n] \\
         [--tree FILE | --preset NAME | --budget N] [--temperature T] [--posterior-threshold EPS] \\
         [--posterior-alpha DELTA] [--method-option hf-pld.num_tokens=10 ...] \\
         [--threads N] [--backbone ...] [--heads DIR] [--device cpu] [--dtype auto]
-    python -m bench.summarize results/bench/NAME
+    python -m bench.summarize results/_scratch/bench/mtbench
+
+Where it writes: ``--out FOLDER``, else ``results/_scratch/bench/<prompt set>`` (git-ignored), so a
+trial never lands among the committed runs under ``results/bench/`` that the analysis reads (the
+reference run, ``results/bench/mtbench-ref``, is made by ``make bench``).
 
 Methods (`bench.methods`): hf-greedy, hf-pld, ar, medusa, medusa-typical, hf-sample. `--limit N`
 keeps the first N prompts of each category; `--turns 2` also asks each second turn after the
@@ -20,7 +24,9 @@ the methods run one after another (their order rotated from prompt to prompt) so
 machine hits all alike. The timer wraps the method's generate call only: tokenisation, detokenising
 and the quality scores (log-likelihood of the answer under the backbone at `--temperature`, share
 of argmax tokens) happen outside it. Thread count, dtype and device are fixed for the whole run and
-recorded on every row with the commit, date, device name and library versions.
+recorded on every row with the commit, date, device name and library versions. `--threads`
+defaults to torch's own choice (all cores); one `warning:` line before the first timed record says
+when the load average shows other processes sharing the cores.
 
 Resumable. Records already in the run folder are skipped, every write is atomic, and Ctrl-C
 leaves valid files (`bench.records`). Resuming with settings that change outputs (`bench.identity`:
@@ -38,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,12 +65,12 @@ from bench.methods import (
     options_json,
 )
 from bench.prompts import BenchPrompt, load_bench_prompts, shard, source_name
-from common.cli import apply_threads, run_cli
+from common.cli import apply_threads, load_average, run_cli, warn_if_busy
 from common.errors import WorkbenchError
 from common.provenance import Provenance
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.decode import Proposer, StepStats
-from medusa.resolve import resolve_heads, resolve_tree
+from medusa.resolve import resolve_heads, resolve_tree, warn_foreign_tree
 from trees.search import search
 from trees.tree import Tree
 
@@ -210,6 +216,7 @@ def _load_models(config: BenchConfig, backbone: Backbone | None, heads: Proposer
         tree = None
     elif tree is None:
         tree = run_tree(config)
+        warn_foreign_tree(tree, heads_name, backbone)
     return Models(backbone, heads, heads_name, tree)
 
 
@@ -304,8 +311,13 @@ def run_benchmark(
     heads: Proposer | None = None,
     heads_name: str = "injected",
     tree: Tree | None = None,
+    on_start: Callable[[], object] | None = None,
 ) -> RunSummary:
-    """Run (or resume) a benchmark; returns what was written. Models may be injected (tests)."""
+    """Run (or resume) a benchmark; returns what was written. Models may be injected (tests).
+
+    `on_start()` is called once everything is loaded and checked, before the first timed record
+    (the CLI: the busy-machine warning).
+    """
     prompts = load_bench_prompts(config.prompts, config.categories or None, config.limit, config.turns)
     mine = shard(prompts, *config.shard)
     threads = _threads(config)
@@ -319,6 +331,8 @@ def run_benchmark(
     summary.skipped = len(work) - len(todo)
     if not todo:
         return summary
+    if on_start is not None:
+        on_start()
     _warm_up(config, methods, models.backbone, todo[0])
     bar = tqdm(total=len(work), initial=summary.skipped, unit="rec", desc=f"bench {config.out_dir.name}",
                file=sys.stderr, disable=not config.progress)
@@ -336,9 +350,10 @@ def run_benchmark(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    load = load_average()  # the neighbours' load, read before ours adds to it
     config = parse_args(argv)
     apply_threads(config.threads)
-    summary = run_benchmark(config)
+    summary = run_benchmark(config, on_start=lambda: warn_if_busy(load))
     print(f"{summary.written} records written, {summary.skipped} already there -> {summary.out_dir}")
     print(f"summarise with: python -m bench.summarize {summary.out_dir}")
     return 0

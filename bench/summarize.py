@@ -23,6 +23,11 @@ over units (paired: a resample draws the same units for a method and its baselin
   (tokens shared with hf-greedy's answer before the first divergence), ``distinct_2`` (distinct
   bigrams / bigrams), ``repetition_rate`` (share of 4-grams repeating an earlier 4-gram of the same
   answer) and ``answer_tokens``.
+
+The Markdown names how each method decodes, from its records (`decoding`: ``greedy``, or ``T=0.7``
+with typical acceptance's eps and delta when it has them), and the temperature the quality scores
+use; a run of greedy methods only never reads as sampled. An interval over fewer than
+`MIN_BOOTSTRAP_N` prompt turns gets one warning line (in the Markdown and, from the CLI, on stderr).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from bench import records as R
+from bench.quality import SAMPLING_REFERENCE, sampling_rows
 from common.cli import Parser, run_cli
 from common.errors import WorkbenchError
 from common.io import atomic_write, write_csv
@@ -48,6 +54,12 @@ IDENTICAL = "identical_to_" + REFERENCE.replace("-", "_")
 QUALITY = ("loglik_per_token", "argmax_agreement", "greedy_prefix", "distinct_2", "repetition_rate", "answer_tokens")
 SUMMARY_COLUMNS = ("method", "category", "metric", "value", "lo", "hi", "n")
 ALL = "all"
+MIN_BOOTSTRAP_N = 5  # prompt turns; fewer make a percentile interval too rough to read as 95%
+# Column titles of the quality table; a metric added to QUALITY without one is titled by its name.
+QUALITY_TITLES = {"loglik_per_token": "log-lik/token at T", "argmax_agreement": "argmax agreement",
+                  "greedy_prefix": "greedy prefix", "distinct_2": "distinct-2", "repetition_rate": "repetition",
+                  "answer_tokens": "answer tokens"}
+QUALITY_DIGITS = {"greedy_prefix": 1, "answer_tokens": 1}
 
 
 def speedup_metric(base: str, kind: str = "mean") -> str:
@@ -192,6 +204,8 @@ def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, se
                 v = v[np.isfinite(v)]
                 if v.size:
                     emit(method, category, q, *bootstrap(_mean, [v], resamples, seed), int(v.size))
+    # Sampled methods against plain sampling: paired quality gaps and token-frequency divergence.
+    out.extend(sampling_rows(frame, tokens, resamples, seed).to_dict("records"))
     return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS)), mismatches
 
 
@@ -205,8 +219,46 @@ def _fmt(row: pd.Series | None, digits: int = 2, pct: bool = False) -> str:
     return s
 
 
-def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str, Any]) -> str:
-    """The summary as Markdown tables (speed and losslessness per method and category; quality)."""
+def _setting(values: pd.Series) -> float | None:
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    return float(v.mode().iloc[0]) if len(v) else None
+
+
+def decoding(frame: pd.DataFrame) -> dict[str, str]:
+    """How each method of a run's records decodes: ``greedy``, or ``T=0.7`` plus ``eps=0.09,
+    delta=0.3`` when its records carry typical acceptance's settings (the records' own columns,
+    never the run's defaults, which greedy methods ignore)."""
+    out = {}
+    for method, recs in frame.groupby("method", sort=False):
+        if recs["greedy"].astype(bool).all():
+            out[str(method)] = "greedy"
+            continue
+        t, eps, delta = (_setting(recs[c]) for c in ("temperature", "posterior_threshold", "posterior_alpha"))
+        text = f"T={t:g}" if t is not None else "sampled"
+        if eps is not None:
+            text += f", eps={eps:g}" + (f", delta={delta:g}" if delta is not None else "")
+        out[str(method)] = text
+    return out
+
+
+def tiny_n_warning(summary: pd.DataFrame, min_n: int = MIN_BOOTSTRAP_N) -> str | None:
+    """One line when some bootstrap interval rests on fewer than `min_n` prompt turns, else None."""
+    ci = summary[np.isfinite(summary["lo"].astype(float)) & np.isfinite(summary["hi"].astype(float))]
+    small = ci[pd.to_numeric(ci["n"], errors="coerce") < min_n]
+    if small.empty:
+        return None
+    cats = list(dict.fromkeys(small["category"].astype(str)))
+    return (f"warning: {len(small)} of {len(ci)} bootstrap intervals rest on fewer than {min_n} prompt turns "
+            f"(smallest n = {int(small['n'].min())}; categories {', '.join(cats[:4])}{' ...' if len(cats) > 4 else ''}): "
+            "read them as rough, not as 95% intervals")
+
+
+def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str, Any],
+             methods_decoding: dict[str, str] | None = None) -> str:
+    """The summary as Markdown tables (speed and losslessness per method and category; quality).
+
+    `methods_decoding` (`decoding(records)`) names how each method decodes; without it the header
+    says nothing about temperature, rather than the run's default that greedy methods ignore."""
     get = {(r.method, r.category, r.metric): r._asdict() for r in summary.itertuples(index=False)}
 
     def cell(m: str, c: str, metric: str, **kw: Any) -> str:
@@ -214,12 +266,18 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
 
     ident = run_info.get("identity", {})
     tree = ident.get("tree") or {}
+    methods_decoding = methods_decoding or {}
+    score_t = ident.get("temperature")
+    warning = tiny_n_warning(summary)
     lines = [f"# Benchmark {run_info.get('name', '')}".rstrip(), "",
              f"prompts {ident.get('prompts', '?')}, backbone {ident.get('backbone', '?')}, heads {ident.get('heads') or '-'}, "
              f"tree {tree.get('name', '-')} (budget {tree.get('node_budget', '-')}), max new tokens "
-             f"{ident.get('max_new_tokens', '?')}, {ident.get('device', '?')} {ident.get('dtype', '')} x{ident.get('threads', '?')} threads, "
-             f"T={ident.get('temperature', '?')}", "",
-             "Speed: value [95% bootstrap interval over prompts]; speedups as mean of per-prompt ratios and ratio of totals.", "",
+             f"{ident.get('max_new_tokens', '?')}, {ident.get('device', '?')} {ident.get('dtype', '')} x{ident.get('threads', '?')} threads", ""]
+    if methods_decoding:
+        lines += ["Decoding: " + "; ".join(f"{m} {d}" for m, d in methods_decoding.items()) + ".", ""]
+    if warning:
+        lines += [f"**{warning}**", ""]
+    lines += ["Speed: value [95% bootstrap interval over prompts]; speedups as mean of per-prompt ratios and ratio of totals.", "",
              "| method | category | n | tokens/s | "
              + "".join(f"vs {b} (mean) | vs {b} (total) | " for b in BASELINES)
              + f"accepted length | identical to {REFERENCE} |",
@@ -235,13 +293,19 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
                                for b in BASELINES)
             lines.append(f"| {m} | {c} | {n['n']} | {cell(m, c, 'tokens_per_s', digits=1)} | {speedups}"
                          f"{cell(m, c, 'mean_accepted_length')} | {cell(m, c, IDENTICAL, pct=True)} |")
-    lines += ["", "Quality (category all; read sampled methods beside hf-sample):", "",
-              "| method | log-lik/token at T | argmax agreement | greedy prefix | distinct-2 | repetition | answer tokens |",
-              "|---|---|---|---|---|---|---|"]
+    quality = [q for q in QUALITY if any((m, ALL, q) in get for m in methods)]
+    scored = f"; log-likelihood scored at T={score_t:g} for every method, whatever its decoding" \
+        if isinstance(score_t, (int, float)) and score_t > 0 else ""
+    lines += ["", f"Quality (category all; read sampled methods beside hf-sample{scored}):", "",
+              "| method | " + " | ".join(QUALITY_TITLES.get(q, q) for q in quality) + " |",
+              "|---|" + "---|" * len(quality)]
     for m in methods:
-        lines.append(f"| {m} | {cell(m, ALL, 'loglik_per_token', digits=3)} | {cell(m, ALL, 'argmax_agreement', digits=3)} | "
-                     f"{cell(m, ALL, 'greedy_prefix', digits=1)} | {cell(m, ALL, 'distinct_2', digits=3)} | "
-                     f"{cell(m, ALL, 'repetition_rate', digits=3)} | {cell(m, ALL, 'answer_tokens', digits=1)} |")
+        lines.append(f"| {m} | " + " | ".join(cell(m, ALL, q, digits=QUALITY_DIGITS.get(q, 3)) for q in quality) + " |")
+    gaps = [r for r in summary.itertuples(index=False) if r.metric.endswith(f"_vs_{SAMPLING_REFERENCE}")]
+    if gaps:
+        lines += ["", f"Sampled methods against {SAMPLING_REFERENCE} (paired over prompts; a lossless method's values "
+                  "are the finite-sample floor):", "", "| method | metric | value [95% interval] | n |", "|---|---|---|---|"]
+        lines += [f"| {r.method} | {r.metric} | {_fmt(pd.Series(r._asdict()), digits=3)} | {r.n} |" for r in gaps]
     if len(mismatches):
         lines += ["", f"Mismatches against {REFERENCE}: {len(mismatches)} (first divergent position; see mismatches.csv)", "",
                   f"| method | question | turn | repeat | first divergence | tokens | {REFERENCE} tokens | same prompt |",
@@ -261,7 +325,7 @@ def summarize_run(run_dir: str | Path, resamples: int = 2000, seed: int = 0) -> 
     if frame.empty:
         raise WorkbenchError(f"{run_dir} holds no records yet")
     summary, mismatches = summarize_frame(frame, tokens, resamples, seed)
-    text = markdown(summary, mismatches, {**info, "name": run_dir.name})
+    text = markdown(summary, mismatches, {**info, "name": run_dir.name}, decoding(frame))
     write_csv(summary, run_dir / R.SUMMARY_FILE)
     write_csv(mismatches, run_dir / R.MISMATCHES_FILE)
     atomic_write(run_dir / "summary.md", text)
@@ -276,8 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not Path(a.run).is_dir():
         raise WorkbenchError(f"run folder not found: {a.run}")
-    _, _, text = summarize_run(a.run, a.bootstrap, a.seed)
+    summary, _, text = summarize_run(a.run, a.bootstrap, a.seed)
     print(text, end="")
+    warning = tiny_n_warning(summary)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

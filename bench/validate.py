@@ -11,15 +11,17 @@ Usage::
 
     python -m bench.validate                                  # 10 MT-Bench prompts x 96 tokens, budget 64
     python -m bench.validate --limit 20 --max-new-tokens 128 --budget 64 --tree results/trees/default.json
-    python -m bench.validate --engine none --replay --limit 40 --out results/calibration/smollm2-135m-medusa1/replay.csv
+    python -m bench.validate --engine none --replay --limit 40 --out /tmp/replay.csv
     python -m bench.validate --engine greedy_64,empirical_64 --limit 4 --threads 1
 
 With ``--replay`` the prompts are also decoded once (batched) into a ranks table, and every tree's
 accepted length is replayed from it (`trees.acceptance_model.simulate_steps`, exact for the decoded
 text), which costs nothing per tree: ``--engine none --replay`` validates many trees cheaply.
 
-Writes ``results/calibration/<heads name>/validation.csv`` (atomically, after every tree) with
-columns VALIDATION_COLUMNS and prints a Markdown table for LOG.md.
+Writes ``--out`` (default ``results/_scratch/calibration/<heads name>/validation.csv``, git-ignored;
+the committed ``results/calibration/<heads name>/validation*.csv`` are refreshed by ``make validate``,
+which names them) atomically after every tree, with columns VALIDATION_COLUMNS, and prints a
+Markdown table for LOG.md.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from bench.calibrate import collect_ranks, write_ranks
 from common.cli import Parser, add_threads, apply_threads, comma_list, quiet_libraries, run_cli
 from common.errors import WorkbenchError
 from common.io import display, write_csv
-from common.paths import DEFAULT_TREE_FILE, calibration_dir
+from common.paths import DEFAULT_TREE_FILE, SCRATCH_CALIBRATION, scratch_calibration_dir
 from common.provenance import PROVENANCE_COLUMNS, Provenance
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone, load_backbone
@@ -195,7 +197,7 @@ def parser() -> Parser:
                    help="calibration accuracy.csv (paths.csv beside it; default: the calibration of --heads)")
     p.add_argument("--tree", action="append", default=[],
                    help="extra tree JSON files to validate (comma-separated or repeated; default: the shipped default tree)")
-    p.add_argument("--out", default=None, help="CSV (default results/calibration/<heads name>/validation.csv)")
+    p.add_argument("--out", default=None, help=f"CSV (default {display(SCRATCH_CALIBRATION)}/<heads name>/validation.csv)")
     p.add_argument("--engine", default="all",
                    help="trees decoded with the engine: all, none, or comma-separated tree names")
     p.add_argument("--replay", action="store_true",
@@ -253,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra.append(Tree.load(DEFAULT_TREE_FILE))
     trees = validation_trees(inputs, args.budget, extra)
     engine_names = engine_trees(args.engine, trees)
-    out = Path(args.out) if args.out else (inputs.calibration_dir or calibration_dir(heads_name(args.heads))) / "validation.csv"
+    name = inputs.calibration_dir.name if inputs.calibration_dir is not None else heads_name(args.heads)
+    out = Path(args.out) if args.out else scratch_calibration_dir(name) / "validation.csv"
     apply_threads(args.threads)
     quiet_libraries()
 

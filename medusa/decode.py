@@ -5,15 +5,20 @@ One request, batch size 1. Phases of every step (gpt-fast style, shapes in comme
     prefill     prompt (1, P) -> KV cache, hidden (H,) and the base model's first token (the root)
     candidates  heads(hidden) -> top-k per head (K, top_k) -> one token per tree node (N,)
     verify      ONE forward of the N tree tokens, 4D ancestor mask, positions past + depth
-    accept      greedy or typical acceptance -> kept path (root .. last), length A
+    accept      the acceptance rule (greedy, typical or sample) -> kept path (root .. last), length A
     update      emit the A-1 accepted candidates plus the base model's token after the last kept
                 node (the next root); compact the KV cache to past + kept nodes (no recompute);
                 hidden <- hidden at the last kept node
 
 Every step therefore adds A >= 1 tokens (plain decoding adds exactly 1): A is the "accepted length"
 of the paper, root token included. Greedy acceptance is lossless: the output is token-identical to
-`model.generate(do_sample=False)`. The engine works on any decoder-only transformers model that
-accepts a 4D float attention mask and `position_ids` with a KV cache (eager and SDPA attention).
+`model.generate(do_sample=False)`. Rule sample is lossless in distribution: the output is
+distributed exactly as `model.generate(do_sample=True)` at the same temperature/top-k/top-p (the
+first token and every next root are drawn from the target distribution, or from a residual).
+Random draws come from one `torch.Generator` per request, seeded with `DecodeConfig.seed`, so a
+run is reproducible and nothing global is reseeded. The engine works on any decoder-only
+transformers model that accepts a 4D float attention mask and `position_ids` with a KV cache
+(eager and SDPA attention).
 
 The same loop with the root-only tree (`trees.preset("root")`) is plain autoregressive decoding
 (`ar`), so Medusa-vs-ar ratios compare one engine with itself.
@@ -35,12 +40,14 @@ from typing import Any, Protocol
 import torch
 
 from common.errors import WorkbenchError
-from medusa.acceptance import AcceptanceConfig, accept
+from medusa.acceptance import AcceptanceConfig, accept, next_token
 from medusa.backbone import Backbone
 from medusa.kv_cache import KVCache, make_cache
 from medusa.tree_attention import (
+    MaskLayout,
     TreeBuffers,
     causal_mask,
+    mask_layout,
     tree_buffers,
     tree_candidates,
     verify_attention_mask,
@@ -74,6 +81,8 @@ class DecodeConfig:
     # Synchronise the device at phase boundaries so heads/verify/bookkeeping times are exact;
     # off, the only sync per step is the acceptance decision.
     time_phases: bool = True
+    # Seeds the request's own torch.Generator (rule sample, sampled typical roots); greedy ignores it.
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -160,22 +169,23 @@ class _Parts:
     verify_fn: Callable[..., Any]  # the body, or its compiled version
     lm_head: torch.nn.Module
     buffers: TreeBuffers
+    layout: MaskLayout  # which layers slide, so the masks carry the window (tree_attention.mask_layout)
     cache_arg: str
     dtype: torch.dtype
     device: torch.device
     config: DecodeConfig
 
 
-def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int]) -> tuple[torch.Tensor, int]:
+def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """Prompt (1, P) -> cache filled, last hidden state (H,), root token (the model's next token)."""
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=p.device)
     n = prompt.shape[1]
     out = p.decoder(input_ids=prompt, position_ids=torch.arange(n, device=p.device)[None],
-                    attention_mask=causal_mask(n, cache.mask_width(n), p.dtype, p.device), use_cache=True,
+                    attention_mask=causal_mask(n, cache.mask_width(n), p.dtype, p.device, p.layout), use_cache=True,
                     **{p.cache_arg: cache.hf_cache})
     cache.advance(n)
     hidden = out.last_hidden_state[0, -1]  # (H,)
-    return hidden, int(p.lm_head(hidden).argmax())
+    return hidden, next_token(p.lm_head(hidden), p.config.acceptance, gen)
 
 
 def _candidates(p: _Parts, heads: Proposer | None, hidden: torch.Tensor, tokens: list[int], root: int) -> torch.Tensor:
@@ -191,7 +201,7 @@ def _verify(p: _Parts, cache: KVCache, candidates: torch.Tensor) -> tuple[torch.
     """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of internal nodes (M, V), past."""
     past, n_nodes = cache.length, p.buffers.num_nodes
     out = p.verify_fn(input_ids=candidates[None], position_ids=(past + p.buffers.depth)[None],
-                      attention_mask=verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes)),
+                      attention_mask=verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes), p.layout),
                       use_cache=True, **{p.cache_arg: cache.hf_cache})
     cache.advance(n_nodes)
     node_hidden = out.last_hidden_state[0]  # (N, H)
@@ -199,16 +209,18 @@ def _verify(p: _Parts, cache: KVCache, candidates: torch.Tensor) -> tuple[torch.
 
 
 def _update(p: _Parts, cache: KVCache, candidates: torch.Tensor, node_hidden: torch.Tensor,
-            internal_logits: torch.Tensor, past: int) -> tuple[list[int], torch.Tensor, int]:
-    """Accept the longest path, then emit its tokens + the model's next root, compact the cache.
+            internal_logits: torch.Tensor, past: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, int]:
+    """Accept a path under the rule, then emit its tokens + the model's next root, compact the cache.
 
     Returns (new tokens, hidden state of the last kept node (H,), next root).
     """
-    kept = accept(candidates, internal_logits, p.buffers, p.config.acceptance)
+    kept = accept(candidates, internal_logits, p.buffers, p.config.acceptance, gen)
     last = kept.last
-    row = (p.buffers.internal == last).nonzero()
-    last_logits = internal_logits[int(row[0, 0])] if row.numel() else p.lm_head(node_hidden[last])
-    root = int(last_logits.argmax())  # the base model's own token after the kept path
+    root = kept.next_token  # rule sample drew it from the last node's residual
+    if root is None:  # the base model's own token after the kept path
+        row = (p.buffers.internal == last).nonzero()
+        last_logits = internal_logits[int(row[0, 0])] if row.numel() else p.lm_head(node_hidden[last])
+        root = next_token(last_logits, p.config.acceptance, gen)
     cache.keep(past, kept.nodes)
     return candidates[kept.nodes[1:]].tolist() + [root], node_hidden[last], root
 
@@ -225,7 +237,8 @@ def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list
 def _parts(backbone: Backbone, buffers: TreeBuffers, config: DecodeConfig) -> _Parts:
     decoder = backbone.model.base_model
     return _Parts(decoder=decoder, verify_fn=backbone.compiled_decoder() if config.compile else decoder,
-                  lm_head=backbone.model.get_output_embeddings(), buffers=buffers, cache_arg=cache_kwarg(decoder),
+                  lm_head=backbone.model.get_output_embeddings(), buffers=buffers,
+                  layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
                   dtype=backbone.dtype, device=backbone.device, config=config)
 
 
@@ -241,7 +254,7 @@ def generate(
     """Decode one prompt with Medusa tree verification (or plain decoding for the root-only tree).
 
     Each step runs four phases: candidates (heads -> tree tokens), verify (one forward), accept
-    (longest matching path) and update (emit, compact the KV cache). `on_step(cache,
+    (the kept path under `config.acceptance.rule`) and update (emit, compact the KV cache). `on_step(cache,
     committed_ids)` (optional, for tests and tracing) is called after each step with the KV cache
     and the token ids it holds (prompt + output, without the pending root).
     """
@@ -258,9 +271,10 @@ def generate(
         capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
     cache: KVCache = make_cache(config.cache, backbone.model, capacity, full_width=config.compile)
     sync = _sync if config.time_phases else (lambda _: None)
+    gen = torch.Generator(device=backbone.device).manual_seed(config.seed)
 
     t_start = time.perf_counter()
-    hidden, root = _prefill(p, cache, prompt_ids)
+    hidden, root = _prefill(p, cache, prompt_ids, gen)
     tokens_so_far, output = list(prompt_ids) + [root], [root]
     _sync(p.device)
     prefill_s = time.perf_counter() - t_start
@@ -273,7 +287,7 @@ def generate(
         node_hidden, internal_logits, past = _verify(p, cache, candidates)
         sync(p.device)
         t2 = time.perf_counter()
-        new, hidden, root = _update(p, cache, candidates, node_hidden, internal_logits, past)
+        new, hidden, root = _update(p, cache, candidates, node_hidden, internal_logits, past, gen)
         output.extend(new)
         tokens_so_far.extend(new)
         steps.append(StepStats(len(new), t1 - t0, t2 - t1, time.perf_counter() - t2))

@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from common.errors import WorkbenchError
 from common.io import atomic_write
 from medusa.backbone import Backbone, BackboneIdentity
+from medusa.official_layout import is_official_layout, official_fingerprint, read_official
 
 # The heads every command loads by default (trained by `make heads`, committed under results/).
 LM_PROJECTIONS = ("shared", "own")
@@ -160,6 +162,8 @@ class MedusaHeads(nn.Module):
 
 def heads_fingerprint(directory: str | os.PathLike) -> str:
     """First 16 hex digits of the sha256 of ``heads.safetensors``: which trained weights a result used."""
+    if is_official_layout(directory):  # the official layout's weights (medusa/official_layout.py)
+        return official_fingerprint(directory)
     h = hashlib.sha256()
     with open(Path(directory) / "heads.safetensors", "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -168,21 +172,88 @@ def heads_fingerprint(directory: str | os.PathLike) -> str:
 
 
 def read_heads_config(directory: str | os.PathLike) -> HeadsConfig:
+    """The `HeadsConfig` in ``directory/config.json``; a missing or malformed file is one error line."""
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
         raise WorkbenchError(f"no heads config at {cfg_path} (train heads with `python -m medusa.train`)")
     try:
-        raw = json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError("expected a JSON object")
         known = {f for f in HeadsConfig.__dataclass_fields__}
-        return HeadsConfig(**{k: v for k, v in raw.items() if k in known})
-    except (json.JSONDecodeError, TypeError) as e:
-        raise WorkbenchError(f"heads config {cfg_path} is malformed: {e}") from None
+        config = HeadsConfig(**{k: v for k, v in raw.items() if k in known})
+        if config.backbone:
+            BackboneIdentity(**config.backbone)
+        return config
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        raise WorkbenchError(f"heads config {cfg_path} is malformed: {_one_line(e)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (library messages often span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _layout(keys: Sequence[str]) -> str:
+    """`2 heads x 1 layer, shared projection`: what a heads state dict holds, from its key names."""
+    heads = {k.split(".")[1] for k in keys if k.startswith("blocks.")}
+    layers = {k.split(".")[2] for k in keys if k.startswith("blocks.")}
+    projections = {k.split(".")[1] for k in keys if k.startswith("lm_heads.")}
+    projection = f"{_count(len(projections), 'own projection')}" if projections else "shared projection"
+    return f"{_count(len(heads), 'head')} x {_count(len(layers), 'layer')}, {projection}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def check_state(state: dict[str, torch.Tensor], heads: MedusaHeads, weights: Path) -> None:
+    """Raise one `WorkbenchError` line, with the details, unless `state` fits `heads` exactly."""
+    expected = heads.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        cfg = heads.config
+        names = missing or unexpected
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        raise WorkbenchError(
+            f"heads weights {weights} do not match their config: config.json says {_count(cfg.num_heads, 'head')} x "
+            f"{_count(cfg.num_layers, 'layer')}, {cfg.lm_projection} projection; the weights hold {_layout(list(state))} "
+            f"({'missing' if missing else 'unexpected'} {names[0]}{more})"
+        )
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise WorkbenchError(
+                f"heads weights {weights} do not match their config: {name} has shape {tuple(tensor.shape)}, "
+                f"the config needs {tuple(expected[name].shape)}"
+            )
+
+
+def read_weights(weights: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a heads.safetensors; a missing, truncated or foreign file is one error line."""
+    if not weights.is_file():
+        raise WorkbenchError(f"no heads weights at {weights}")
+    try:
+        return load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise WorkbenchError(
+            f"heads weights {weights} are unreadable (truncated or not a safetensors file: {_one_line(e)}); "
+            "copy or train them again"
+        ) from None
 
 
 def load_heads(directory: str | os.PathLike, backbone: Backbone) -> MedusaHeads:
-    """Load heads saved by `MedusaHeads.save`, refusing a backbone other than the one they fit."""
+    """Load heads saved by `MedusaHeads.save`, refusing a backbone other than the one they fit.
+
+    A folder in the official Medusa layout is converted in memory (medusa/official_layout.py).
+    """
     directory = Path(directory)
+    if is_official_layout(directory):
+        fields, state = read_official(directory).to_workbench(backbone)
+        heads = MedusaHeads(HeadsConfig(**fields), backbone.model.get_output_embeddings())
+        heads.load_state_dict(state)
+        return heads.to(dtype=backbone.dtype).eval()
     config = read_heads_config(directory)
     mine = backbone.identity
     theirs = BackboneIdentity(**config.backbone) if config.backbone else None
@@ -190,15 +261,10 @@ def load_heads(directory: str | os.PathLike, backbone: Backbone) -> MedusaHeads:
         described = theirs.describe() if theirs else f"hidden {config.hidden_size}, vocab {config.vocab_size}"
         raise WorkbenchError(f"heads in {directory} were trained for {described}, not for backbone {mine.describe()}")
     weights = directory / "heads.safetensors"
-    if not weights.is_file():
-        raise WorkbenchError(f"no heads weights at {weights}")
+    state = read_weights(weights, backbone.device)
     heads = MedusaHeads(config, backbone.model.get_output_embeddings())
-    try:
-        state = load_file(str(weights), device=str(backbone.device))
-        heads.load_state_dict(state)
-    except (RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise WorkbenchError(f"heads weights {weights} do not match their config: {first}") from None
+    check_state(state, heads, weights)
+    heads.load_state_dict(state)
     heads.to(dtype=backbone.dtype)
     heads.eval()
     return heads

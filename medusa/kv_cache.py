@@ -111,10 +111,10 @@ class DynamicKV:
     """transformers' DynamicCache, compacted to the kept path after each step."""
 
     def __init__(self, config: Any) -> None:
-        try:
-            self.hf_cache = DynamicCache(config=config)
-        except TypeError:  # older transformers take no config
-            self.hf_cache = DynamicCache()
+        # No config: with one, transformers gives sliding-window layers a cache that keeps only the
+        # last window of keys, which compaction and our 4D masks (which carry the window) do not expect.
+        del config
+        self.hf_cache = DynamicCache()
         self.length = 0
 
     def mask_width(self, n_query: int) -> int:

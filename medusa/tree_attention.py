@@ -4,19 +4,35 @@ Built once per tree (never cached on the model). Node 0 is the root (the base mo
 next token); node i reads the token of rank ``rank0[i]`` from head ``head[i]`` (1-based, equal to
 its depth). Each node attends to itself and its ancestors only.
 
+The masks are additive 4D masks over KV-cache *slots*, handed to the model as they are (transformers
+uses a 4D mask verbatim and skips its own mask builder, so it applies no sliding window itself).
+Model families differ only in which windows their layers use; that is handled here and nowhere
+else: `mask_layout(config)` reads the layer types once (full attention everywhere: Llama, Phi-3;
+one sliding window everywhere: Mistral; a mix keyed by layer type: Gemma 3, Qwen2 with
+`use_sliding_window`), and passing it as `layout=` to `causal_mask` / `verify_attention_mask`
+narrows the sliding layers' mask to the window, measured in *positions* (a tree node at depth d
+sits at position past + d whatever its slot). Without a layout, or for a full-attention model, the
+mask is the plain tensor.
+
 Usage::
 
     buf = tree_buffers(preset("mc_sim_7b_63"))
     buf.ancestor_mask  # (N, N) bool
+    layout = mask_layout(backbone.config)
+    verify_attention_mask(buf, past, torch.float32, layout=layout)  # tensor, or {layer type: tensor}
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from common.errors import WorkbenchError
 from trees.tree import Tree
+
+FULL, SLIDING = "full_attention", "sliding_attention"
 
 
 @dataclass(frozen=True)
@@ -93,12 +109,60 @@ def tree_candidates(buffers: TreeBuffers, root_token: int | torch.Tensor, head_t
     return tokens
 
 
+@dataclass(frozen=True)
+class MaskLayout:
+    """Which attention each layer of a model uses, read once from its config by `mask_layout`.
+
+    `window` is the sliding window in tokens (a query at position q sees keys at positions
+    q - window < k <= q, transformers' convention); `mixed` is True when some layers slide and some
+    do not, so the model takes one mask per layer type (a dict keyed by `FULL` / `SLIDING`).
+    """
+
+    window: int | None = None
+    mixed: bool = False
+
+
+def mask_layout(config: Any) -> MaskLayout:
+    """The `MaskLayout` of a transformers config; other attention kinds (chunked, linear) are refused."""
+    if hasattr(config, "get_text_config"):  # a multimodal config keeps its decoder's settings apart
+        config = config.get_text_config(decoder=True)
+    window = getattr(config, "sliding_window", None)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    types = getattr(config, "layer_types", None) or [SLIDING if window else FULL] * layers
+    unknown = sorted(set(types) - {FULL, SLIDING})
+    if unknown:
+        raise WorkbenchError(
+            f"model type {getattr(config, 'model_type', '?')!r} has {', '.join(unknown)} layers; tree verification "
+            "supports full and sliding-window attention only"
+        )
+    if SLIDING not in types or not window:
+        return MaskLayout()
+    return MaskLayout(window=int(window), mixed=FULL in types)
+
+
+def _for_layout(
+    mask: torch.Tensor, layout: MaskLayout | None, query_pos: torch.Tensor, key_pos: torch.Tensor
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The mask `layout`'s model takes: `mask` itself, its sliding-window version, or both by layer type."""
+    if layout is None or layout.window is None:
+        return mask
+    too_far = (query_pos[:, None] - key_pos[None, :]) >= layout.window  # (n, width)
+    sliding = mask.masked_fill(too_far[None, None], torch.finfo(mask.dtype).min)
+    return {FULL: mask, SLIDING: sliding} if layout.mixed else sliding
+
+
 def verify_attention_mask(
-    buffers: TreeBuffers, past_len: int, dtype: torch.dtype, width: int | None = None
-) -> torch.Tensor:
+    buffers: TreeBuffers,
+    past_len: int,
+    dtype: torch.dtype,
+    width: int | None = None,
+    layout: MaskLayout | None = None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """Additive 4D mask (1, 1, N, width): the whole cached prefix, then ancestors only.
 
     `width` defaults to past_len + N; a larger width (a fixed-shape static cache) masks the tail.
+    With a sliding-window `layout`, keys more than the window behind a node's position are hidden
+    too (slot j < past_len holds position j; tree slot past_len + i holds position past_len + depth[i]).
     """
     n = buffers.num_nodes
     width = past_len + n if width is None else width
@@ -108,12 +172,19 @@ def verify_attention_mask(
     allowed[:, past_len : past_len + n] = buffers.ancestor_mask
     mask = torch.zeros(n, width, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    if layout is None or layout.window is None:
+        return mask[None, None]
+    key_pos = torch.arange(width, device=device)
+    key_pos[past_len : past_len + n] = past_len + buffers.depth
+    return _for_layout(mask[None, None], layout, past_len + buffers.depth, key_pos)
 
 
-def causal_mask(n: int, width: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """Additive 4D causal mask (1, 1, n, width) for a prefill starting at position 0."""
+def causal_mask(
+    n: int, width: int, dtype: torch.dtype, device: torch.device | str, layout: MaskLayout | None = None
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive 4D causal mask (1, 1, n, width) for a prefill starting at position 0 (windowed per `layout`)."""
     allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()
     mask = torch.full((n, width), torch.finfo(dtype).min, dtype=dtype, device=device)
     mask[:, :n].masked_fill_(allowed, 0.0)
-    return mask[None, None]
+    positions = torch.arange(width, device=device)
+    return _for_layout(mask[None, None], layout, positions[:n], positions)

@@ -22,6 +22,7 @@ import pandas as pd
 from bench import records as R
 from bench.summarize import summarize_run
 from bench.validate import VALIDATION_COLUMNS
+from common.paths import REFERENCE_RUN
 from trees.acceptance_model import expected_tokens, marginals_from_ranks, path_stats_from_ranks
 from trees.optuna_search import PARETO_COLUMNS
 from trees.search import search_tree
@@ -49,8 +50,8 @@ def rank_table(rng: np.random.Generator, prompts: int = 6, positions: int = 40) 
 
 
 def _record(run_tree: Tree | None, method: str, qid: str, category: str, index: int, *, tau: float, speed: float,
-            temperature: float, eps: float, loglik: float, rng: np.random.Generator) -> dict:
-    engine = method in ("medusa", "medusa-typical", "ar")
+            temperature: float, eps: float, loglik: float, rng: np.random.Generator, max_new_tokens: int = 32) -> dict:
+    engine = method in ("medusa", "medusa-typical", "medusa-sample", "ar")
     tree = None if method.startswith("hf-") else ("root" if method == "ar" else run_tree.name)
     budget = None if tree is None else (1.0 if method == "ar" else float(run_tree.node_budget))
     new = 32
@@ -65,7 +66,7 @@ def _record(run_tree: Tree | None, method: str, qid: str, category: str, index: 
         "posterior_threshold": eps if method == "medusa-typical" else None,
         "posterior_alpha": 0.3 if method == "medusa-typical" else None,
         "method_options": '{"max_ngram":2,"num_tokens":10}' if method == "hf-pld" else "{}",
-        "max_new_tokens": 32, "seed": 0,
+        "max_new_tokens": max_new_tokens, "seed": 0,
         "prompt_tokens": 40, "new_tokens": new, "wall_s": wall, "tokens_per_s": new / wall, "stop_reason": "length",
         "steps": steps, "accepted_tokens": float(new) if engine else None,
         "mean_accepted_length": new / steps if engine else None,
@@ -78,8 +79,9 @@ def _record(run_tree: Tree | None, method: str, qid: str, category: str, index: 
 
 
 def bench_run(root: Path, name: str, methods: dict[str, dict], tree: Tree | None, temperature: float, seed: int,
-              summarize: bool = True) -> Path:
-    """One run folder; `methods` maps method -> dict(tau, speed, eps, loglik)."""
+              summarize: bool = True, max_new_tokens: int = 32, shards: int = 0) -> Path:
+    """One run folder; `methods` maps method -> dict(tau, speed, eps, loglik). With `shards`, run.json
+    records that many sessions (``--shard i/n``), as a run split into concurrent processes does."""
     rng = np.random.default_rng(seed)
     out = root / "bench" / name
     rows, tokens = [], {}
@@ -90,8 +92,9 @@ def bench_run(root: Path, name: str, methods: dict[str, dict], tree: Tree | None
             greedy_ids = rng.integers(0, 1000, 32).tolist()
             for method, m in methods.items():
                 row = _record(tree, method, qid, category, index, tau=m.get("tau", 1.0), speed=m["speed"],
-                              temperature=temperature, eps=m.get("eps", 0.0), loglik=m.get("loglik", -1.0), rng=rng)
-                sampled = method in ("medusa-typical", "hf-sample")
+                              temperature=temperature, eps=m.get("eps", 0.0), loglik=m.get("loglik", -1.0), rng=rng,
+                              max_new_tokens=max_new_tokens)
+                sampled = method in ("medusa-typical", "medusa-sample", "hf-sample")
                 ids = rng.integers(0, 1000, 32).tolist() if sampled else greedy_ids
                 rows.append(row)
                 tokens[R.record_key(row)] = {"question_id": qid, "turn": 1, "method": method, "repeat": 0,
@@ -103,7 +106,7 @@ def bench_run(root: Path, name: str, methods: dict[str, dict], tree: Tree | None
     R.write_run_json(out, {"identity": {"prompts": "mtbench", "backbone": BACKBONE, "heads": HEADS,
                                         "tree": tree.to_dict() if tree is not None else None,
                                         "temperature": temperature, "device": "cpu", "dtype": "float32", "threads": 2},
-                           "sessions": []})
+                           "sessions": [{"methods": list(methods), "shard": f"{i}/{shards}"} for i in range(shards)]})
     if summarize:
         summarize_run(out, resamples=50)
     return out
@@ -187,7 +190,7 @@ def build(root: str | Path, seed: int = 0) -> Path:
 
     # benchmark runs: the main comparison, a budget sweep, an eps sweep
     tau = {b: expected_tokens(t, stats) for b, t in trees.items()}
-    bench_run(root, "mtbench", {"hf-greedy": {"speed": 1.0}, "ar": {"speed": 0.95}, "hf-pld": {"speed": 1.3},
+    bench_run(root, REFERENCE_RUN, {"hf-greedy": {"speed": 1.0}, "ar": {"speed": 0.95}, "hf-pld": {"speed": 1.3},
                                 "medusa": {"tau": tau[32], "speed": 1.6}}, trees[32], 0.7, seed + 1)
     for b, t in trees.items():
         bench_run(root, f"budget-{b}", {"medusa": {"tau": tau[b], "speed": 1.0 + 0.02 * b - 0.0003 * b * b}}, t, 0.7, seed + b,

@@ -1,4 +1,7 @@
-"""Greedy and typical acceptance on hand-built distributions where the answer is known."""
+"""Greedy, typical and sample acceptance on hand-built distributions where the answer is known.
+
+The distribution of rule sample is tested statistically in `tests/test_sampling.py`.
+"""
 
 import math
 
@@ -6,7 +9,13 @@ import pytest
 import torch
 
 from common.errors import WorkbenchError
-from medusa.acceptance import AcceptanceConfig, accept, node_acceptance, typical_threshold
+from medusa.acceptance import (
+    AcceptanceConfig,
+    accept,
+    next_token,
+    node_acceptance,
+    typical_threshold,
+)
 from medusa.tree_attention import tree_buffers
 from trees.tree import Tree
 
@@ -77,3 +86,57 @@ def test_config_validation():
         AcceptanceConfig(posterior_threshold=0)
     with pytest.raises(WorkbenchError):
         AcceptanceConfig(posterior_alpha=0)
+
+
+def test_rule_is_explicit_and_inferred_from_temperature_when_not_given():
+    assert AcceptanceConfig().rule == "greedy" and AcceptanceConfig().greedy
+    assert AcceptanceConfig(temperature=0.7).rule == "typical"  # as before rules were explicit
+    assert AcceptanceConfig(temperature=0.7, rule="sample").rule == "sample"
+    assert AcceptanceConfig(rule="greedy").greedy and not AcceptanceConfig(rule="greedy").random
+    assert AcceptanceConfig(temperature=1.0, typical_root="sample").random
+    assert not AcceptanceConfig(temperature=1.0).random  # typical with an argmax root draws nothing
+    for bad in (dict(rule="typical"), dict(rule="sample"), dict(rule="greedy", temperature=0.5),
+                dict(rule="beam", temperature=1.0), dict(temperature=1.0, rule="sample", top_p=0.0),
+                dict(temperature=1.0, rule="sample", top_k=-1), dict(temperature=1.0, top_p=0.9),
+                dict(temperature=1.0, typical_root="median"), dict(temperature=1.0, rule="sample", typical_root="sample")):
+        with pytest.raises(WorkbenchError):
+            AcceptanceConfig(**bad)
+
+
+SAMPLE = AcceptanceConfig(temperature=1.0, rule="sample")
+
+
+def test_sample_accepts_a_sure_child_and_leaves_the_leaf_token_to_the_engine():
+    internal = logits_from_probs([peaked(2, 1 - 1e-9), peaked(5, 1 - 1e-9), peaked(6)])
+    cand = torch.tensor([0, 2, 3, 5, 6])  # node1 = 2 has p ~ 1 under the root, node3 = 5 under node1
+    for seed in range(20):
+        kept = accept(cand, internal, TREE, SAMPLE, torch.Generator().manual_seed(seed))
+        assert kept.nodes.tolist() == [0, 1, 3] and kept.next_token is None  # node3 is a leaf
+
+
+def test_sample_never_accepts_an_impossible_token_and_draws_from_the_residual():
+    root = [0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]  # only tokens 1 and 2 possible
+    internal = logits_from_probs([root, peaked(4), peaked(4)])
+    seen = set()
+    for seed in range(200):
+        kept = accept(torch.tensor([0, 7, 1, 4, 4]), internal, TREE, SAMPLE, torch.Generator().manual_seed(seed))
+        if kept.length == 1:  # token 7 (p 0) rejected, then token 1 rejected: the residual holds only 2
+            assert kept.next_token == 2
+        else:
+            assert kept.nodes.tolist()[:2] == [0, 2]
+        seen.add(kept.length)
+    assert seen == {1, 2, 3}
+
+
+def test_next_token_per_rule():
+    logits = logits_from_probs([[0.05, 0.6, 0.3, 0.01, 0.01, 0.01, 0.01, 0.01]])[0]
+    gen = torch.Generator().manual_seed(0)
+    assert next_token(logits, AcceptanceConfig()) == 1 == next_token(logits, AcceptanceConfig(temperature=1.0))
+    typical = AcceptanceConfig(temperature=1.0, typical_root="typical")  # only tokens above the threshold 0.09
+    assert {next_token(logits, typical, gen) for _ in range(200)} == {1, 2}
+    sampled = AcceptanceConfig(temperature=1.0, typical_root="sample")  # p_T itself: token 0 (p 0.05) too
+    assert {next_token(logits, sampled, gen) for _ in range(300)} >= {0, 1, 2}
+    top2 = AcceptanceConfig(temperature=1.0, rule="sample", top_k=2)
+    assert {next_token(logits, top2, gen) for _ in range(200)} == {1, 2}
+    with pytest.raises(ValueError, match="Generator"):
+        next_token(logits, top2)

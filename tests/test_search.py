@@ -161,6 +161,7 @@ def test_search_interface_with_dataframes():
 def test_default_accuracy_resolution(tmp_path, monkeypatch):
     assert heads_name() == DEFAULT_HEADS_DIR.name
     monkeypatch.setattr(common.paths, "CALIBRATION_ROOT", tmp_path / "calibration")
+    monkeypatch.setattr(common.paths, "SCRATCH_CALIBRATION", tmp_path / "_scratch" / "calibration")
     monkeypatch.setattr(common.paths, "HEADS_ROOT", tmp_path / "heads")
     monkeypatch.setattr(common.paths, "REPO_ROOT", tmp_path)
     with pytest.raises(WorkbenchError, match="bench.calibrate"):

@@ -1,7 +1,8 @@
 """The cost model: a device's measured verify time, read from its latency profile.
 
 `bench.latency` measures a backbone's verify forward on a machine and writes
-`results/latency/<device>.csv`; this module reads such a file (`load_profile`) and answers
+`results/_scratch/latency/<device>.csv` (or the committed `results/latency/<device>.csv` when told
+`--out`); this module reads such a file (`load_profile`) and answers
 `verify_time(n_query, context)` by interpolation, which the hardware-aware tree search divides
 accepted length by. Model-free: it reads tables only.
 """
@@ -17,7 +18,7 @@ import pandas as pd
 
 from common.errors import WorkbenchError
 from common.io import read_csv
-from common.paths import LATENCY_DIR
+from common.paths import LATENCY_DIR, SCRATCH_LATENCY, committed_or_scratch
 from common.provenance import device_slug, upgrade_columns
 
 LATENCY_COMMAND = "python -m bench.latency"
@@ -25,8 +26,10 @@ REQUIRED = ("context", "n_query", "median_s", "backbone", "dtype")
 
 
 def default_profile_path(device: str = "cpu") -> Path:
-    """This machine's profile file: results/latency/<device slug>.csv."""
-    return LATENCY_DIR / f"{device_slug(device)}.csv"
+    """This machine's profile file: the committed results/latency/<device slug>.csv, else the one a
+    plain `bench.latency` wrote to results/_scratch/latency/."""
+    name = f"{device_slug(device)}.csv"
+    return committed_or_scratch(LATENCY_DIR / name, SCRATCH_LATENCY / name)
 
 
 def load_table(path: str | os.PathLike) -> pd.DataFrame:

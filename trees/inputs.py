@@ -4,7 +4,8 @@ A search needs the heads' marginal rank accuracies (always), the path statistics
 model and the ranks table of the replay model (both when calibrated). `resolve_accuracy` finds
 them: for a heads folder `results/heads/<name>` (default: the shipped heads) it reads
 `results/calibration/<name>/accuracy.csv` with `paths.csv` and `ranks.parquet` (or `ranks.csv`)
-beside it, as written by `python -m bench.calibrate`; without a calibration it falls back to the
+beside it, as written by `python -m bench.calibrate` (the committed calibration; for heads without
+one, the calibration a plain `bench.calibrate` wrote to `results/_scratch/calibration/<name>/`); without a calibration it falls back to the
 heads' own cumulative top-k table (`<heads>/accuracy.csv`, written by `medusa.train`), which only
 supports the independence model. An explicit accuracy file or DataFrame overrides all that.
 
@@ -69,7 +70,7 @@ def default_accuracy_file(heads: str | os.PathLike | None = None) -> tuple[Path,
     `MissingResult` naming the commands that make them when neither exists.
     """
     name = heads_name(heads)
-    cal_dir = repo.calibration_dir(name)
+    cal_dir = repo.committed_or_scratch(repo.calibration_dir(name), repo.scratch_calibration_dir(name))
     if (cal_dir / "accuracy.csv").is_file():
         return cal_dir / "accuracy.csv", cal_dir
     heads_dir = Path(heads) if heads is not None else repo.HEADS_ROOT / name

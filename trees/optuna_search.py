@@ -14,10 +14,12 @@ E is the replay model's when the calibration's ranks table is present (it predic
 *engine step*; see `trees.acceptance_model`), else the empirical model's (or the independence
 model's with the greedy builder). No model is run: the search reads tables only.
 
-Studies persist in Optuna storage: SQLite ``results/optuna.db`` by default, or any database URL,
-or a journal file (``*.log``), so many workers on many machines can share one study. The default
+Studies persist in Optuna storage: SQLite ``results/_scratch/optuna.db`` by default (git-ignored
+scratch: a study is a working file, not a result; the trees it finds are), or any database URL, or
+a journal file (``*.log``), so many workers on many machines can share one study. The default
 study name encodes the calibration, the latency profile, the objective and the space, so a
-re-measured profile or a re-run calibration never resumes stale trials. Optuna's log level is
+re-measured profile or a re-run calibration never resumes stale trials; a study that already holds
+trials is continued, and `notify` (the CLI: one stderr line) is told so. Optuna's log level is
 left alone here (the CLI quiets it).
 
 Usage::
@@ -41,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import WorkbenchError
+from common.io import display
 from common.paths import OPTUNA_DB
 from trees.acceptance_model import expected_tokens
 from trees.best_first import (
@@ -94,7 +97,7 @@ class StudyPlan:
 
 # ---- inputs: storage and latency ----------------------------------------------------------------
 def open_storage(storage: Any = None) -> Any:
-    """Optuna storage: None = SQLite results/optuna.db; a URL; a `*.log` journal file; a `*.db` file."""
+    """Optuna storage: None = SQLite results/_scratch/optuna.db; a URL; a `*.log` journal file; a `*.db` file."""
     import optuna
 
     if storage is None:
@@ -244,18 +247,28 @@ def make_objective(inputs: AccuracyInputs, plan: StudyPlan) -> Callable[[Any], f
 
 
 # ---- phase 3: open and run the study ------------------------------------------------------------
-def open_study(plan: StudyPlan, storage: Any = None) -> Any:
-    """Create the study, or load the one of the same name to continue it."""
+def open_study(plan: StudyPlan, storage: Any = None, notify: Callable[[str], None] | None = None) -> Any:
+    """Create the study, or load the one of the same name to continue it (telling `notify` so)."""
     import optuna
 
     directions = ["maximize", "minimize"] if plan.pareto else ["maximize"]
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=plan.study_name, storage=open_storage(storage), load_if_exists=True, directions=directions,
             sampler=optuna.samplers.TPESampler(seed=plan.seed),
         )
     except ValueError as e:  # e.g. an existing study of the same name with other directions
         raise WorkbenchError(f"cannot open study {plan.study_name!r}: {e}") from None
+    if notify is not None and study.trials:
+        notify(resume_message(plan.study_name, len(study.trials), storage))
+    return study
+
+
+def resume_message(study_name: str, trials: int, storage: Any = None) -> str:
+    """The line saying a search continues an existing study, and how to start a fresh one instead."""
+    where = display(OPTUNA_DB) if storage is None else storage_label(storage)
+    return (f"resuming Optuna study {study_name!r} in {where}: {trials} trials so far "
+            f"(--storage FILE or --study NAME for a fresh study)")
 
 
 def run_trials(study: Any, objective: Callable[[Any], Any], n_trials: int) -> float:
@@ -345,16 +358,18 @@ def optuna_search(
     pareto: bool = False,
     seed: int | None = None,
     name: str | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Hardware-aware search: maximise tokens/s = E[tokens per step] / t_verify(node budget).
 
     Runs `n_trials` more trials in the (possibly shared, persisted) study and returns its best
     tree; with `pareto` the study has two objectives (tokens per step up, verify seconds down),
     `pareto` of the result holds the front and `tree` is its member with the most tokens/s.
+    `notify(line)`, when given, hears that an existing study with trials is being continued.
     """
     plan = plan_study(inputs, max_budget, max_depth, top_k, profile, n_trials, study_name, min_budget, context,
                       inner, pareto, seed)
-    study = open_study(plan, storage)
+    study = open_study(plan, storage, notify)
     elapsed = run_trials(study, make_objective(inputs, plan), plan.n_trials)
     best, front = select_trials(study, plan)
     return search_result(inputs, plan, study, best, front, elapsed, storage, name)

@@ -16,12 +16,20 @@ it, from ``python -m bench.calibrate``), else those heads' own cumulative top-k 
 
 CLI::
 
-    python -m trees.search --budget 64                       # greedy, prints and writes results/trees/greedy_64.json
-    python -m trees.search --budget 64 --method empirical --plot results/figures/tree.png
+    python -m trees.search --budget 64                       # greedy: prints, writes results/_scratch/trees/greedy_64.json
+    python -m trees.search --budget 64 --method empirical --plot /tmp/tree.png
     python -m trees.search --budget 32 --max-depth 3 --top-k 8,4,2 --format medusa_choices
-    python -m trees.search --method optuna --budget 256 --trials 300 --set-default
+    python -m trees.search --method optuna --budget 64 --trials 50   # study in results/_scratch/optuna.db
     python -m trees.search --method optuna --pareto --budget 64 --trials 150 --name pareto_64
-    python -m trees.search --budget 64 --out /tmp/tree.json   # anywhere else (results/ untouched)
+    python -m trees.search --budget 64 --out results/trees/greedy_64.json   # refresh a committed tree
+    python -m trees.search --method optuna --budget 64 --set-default        # ... or the shipped default
+
+Where it writes: a plain search writes ``results/_scratch/trees/<name>.json`` (git-ignored), so it
+never changes a committed tree; ``--out FILE`` names any file (``results/trees/...`` refreshes a
+committed one) and ``--set-default`` also writes ``results/trees/default.json``, the tree
+``medusa.generate`` and ``bench.run`` decode with when given none. An Optuna study persists in
+``--storage`` (default ``results/_scratch/optuna.db``); a search whose study already exists continues
+it and says so on stderr (study name, trials so far).
 
 Bad input (budget < 1, budget beyond the tree space, missing or malformed accuracy file, unknown
 method, a plot file of an unknown format) prints one line ``error: ...`` and exits with status 2,
@@ -43,7 +51,7 @@ import pandas as pd
 from common.cli import Parser, comma_list, quiet_libraries, run_cli
 from common.errors import WorkbenchError
 from common.io import display, write_csv
-from common.paths import DEFAULT_TREE_FILE, OPTUNA_DB, TREES_DIR
+from common.paths import DEFAULT_TREE_FILE, LATENCY_DIR, OPTUNA_DB, SCRATCH_LATENCY, SCRATCH_TREES
 from common.provenance import Provenance
 from trees.best_first import BEST_FIRST, ParetoPoint, SearchResult, TopK, search_tree, space_size
 from trees.inputs import AccuracyInputs, resolve_accuracy
@@ -98,7 +106,7 @@ def search(
     default the shipped heads). Keywords: `paths` / `ranks` (empirical and replay model inputs,
     see `trees.inputs.resolve_accuracy`), `heads`, `name`, and for `optuna` those of
     `optuna_search` (`profile`, `n_trials`, `storage`, `study_name`, `min_budget`, `context`,
-    `inner`, `pareto`, `seed`).
+    `inner`, `pareto`, `seed`, `notify`).
     """
     if method not in METHODS:
         raise WorkbenchError(f"unknown method {method!r} (use one of {', '.join(METHODS)})")
@@ -163,16 +171,19 @@ def build_parser() -> Parser:
     p.add_argument("--top-k", default=None, help="rank cap: one integer, or one per depth (10,5,3)")
     p.add_argument("--format", default="text", help=f"stdout: {', '.join(FORMATS)}")
     p.add_argument("--name", default=None, help="tree name and file stem (default <method>_<budget>)")
-    p.add_argument("--out", default=None, help="tree JSON path (default results/trees/<name>.json)")
+    p.add_argument("--out", default=None,
+                   help=f"tree JSON path (default {display(SCRATCH_TREES)}/<name>.json; results/trees/... refreshes a committed tree)")
     p.add_argument("--set-default", action="store_true",
                    help=f"also write the tree to {display(DEFAULT_TREE_FILE)} (what generate and bench load)")
     p.add_argument("--plot", default=None, help="draw the tree (.png, .pdf or .svg)")
     g = p.add_argument_group("optuna")
     g.add_argument("--trials", type=int, default=None, help="trials to run in this process")
     g.add_argument("--min-budget", type=int, default=None)
-    g.add_argument("--storage", default=None, help=f"database URL or journal file (default {display(OPTUNA_DB)})")
+    g.add_argument("--storage", default=None,
+                   help=f"database URL, .db file or .log journal file (default {display(OPTUNA_DB)}); an existing study is continued")
     g.add_argument("--study", default=None, help="study name (default derived from calibration, device, space)")
-    g.add_argument("--latency", default=None, help="latency CSV (default results/latency/<this device>.csv)")
+    g.add_argument("--latency", default=None,
+                   help=f"latency CSV (default {display(LATENCY_DIR)}/<this device>.csv, else {display(SCRATCH_LATENCY)}/<this device>.csv)")
     g.add_argument("--context", type=int, default=None, help="context length at which verify time is read")
     g.add_argument("--inner", default=None, help="tree builder inside each trial: empirical (default) or greedy")
     g.add_argument("--pareto", action="store_true", default=None,
@@ -237,12 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         import optuna  # noqa: F401  (loaded before the search so that quiet_libraries lowers its log level)
 
         quiet_libraries()
+        kw["notify"] = lambda message: print(message, file=sys.stderr)
     name = args.name or f"{args.method}_{args.budget}"
     inputs = resolve_accuracy(args.accuracy, args.paths, heads=args.heads)
     result = search_inputs(inputs, args.method, args.budget, args.max_depth, parse_top_k(args.top_k), name=name, **kw)
     provenance = Provenance.collect()
     tree = tree_record(result, name, argv, provenance)
-    out = Path(args.out) if args.out else TREES_DIR / f"{name}.json"
+    out = Path(args.out) if args.out else SCRATCH_TREES / f"{name}.json"
     try:
         written = [tree.save(out)]
         if args.set_default:

@@ -164,17 +164,26 @@ class Tree:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tree:
-        """Read a tree JSON: either `to_dict()`'s object or a bare `medusa_choices` list."""
+        """Read a tree JSON: either `to_dict()`'s object or a bare `medusa_choices` list.
+
+        A file with no paths is refused (an empty list `[]` would silently decode with the root
+        alone, i.e. plain decoding), unless it says ``"node_budget": 1`` as `save` writes for a
+        searched root-only tree; the root-only tree is also the preset `root`.
+        """
         path = Path(path)
         if not path.is_file():
             raise TreeError(f"tree file not found: {path}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TreeError(f"tree file {path} is not valid JSON: {e}") from None
         if isinstance(data, list):
             data = {"name": path.stem, "paths": data}
-        return cls.from_dict(data)
+        tree = cls.from_dict(data)
+        if not tree.paths and data.get("node_budget") != 1:
+            raise TreeError(f"tree file {path} lists no paths (it would verify the root alone, i.e. plain "
+                            "decoding); give candidate paths, or use --preset root for that on purpose")
+        return tree
 
 
 # ---- builders and presets --------------------------------------------------------------

@@ -21,10 +21,11 @@ from bench.methods.hf_greedy import HFGreedy
 from bench.methods.hf_pld import HFPromptLookup
 from bench.methods.hf_sample import HFSample
 from bench.methods.medusa import Medusa
+from bench.methods.medusa_sample import MedusaSample
 from bench.methods.medusa_typical import MedusaTypical
 from common.errors import WorkbenchError
 
-_CLASSES: tuple[type[Method], ...] = (HFGreedy, HFPromptLookup, AR, Medusa, MedusaTypical, HFSample)
+_CLASSES: tuple[type[Method], ...] = (HFGreedy, HFPromptLookup, AR, Medusa, MedusaTypical, HFSample, MedusaSample)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
 
 

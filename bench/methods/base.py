@@ -19,8 +19,9 @@ method returns, and records the method's `describe()` as the row's config column
 A method's own settings (e.g. hf-pld's `num_tokens`) live in its `Options` and are set with
 `bench.run --method-option NAME.OPTION=VALUE`; settings several methods share (temperature, eps,
 delta, compile) come from the run (`MethodSettings`). Each method lives in its own small file
-(`hf_greedy.py`, `hf_pld.py`, `hf_sample.py`, `ar.py`, `medusa.py`, `medusa_typical.py`);
-`bench.methods` registers the classes by name.
+(`hf_greedy.py`, `hf_pld.py`, `hf_sample.py`, `ar.py`, `medusa.py`, `medusa_typical.py`,
+`medusa_sample.py`); `bench.methods` registers the classes by name. The harness hands every method
+the record's seed: the engine methods seed their own generator with it (`DecodeConfig.seed`).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def hf_generate(backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: i
 class EngineMethod(Method):
     """A method run by our engine (`medusa.decode.generate`) with a fixed tree and acceptance rule.
 
-    Subclasses choose the tree and the acceptance rule in `__init__` (`ar`, `medusa`, `medusa-typical`).
+    Subclasses choose the tree and the acceptance rule in `__init__` (`ar`, `medusa`, `medusa-typical`,
+    `medusa-sample`).
     """
 
     def __init__(self, context: MethodContext, options: Any, tree: Tree, acceptance: AcceptanceConfig) -> None:
@@ -138,19 +140,20 @@ class EngineMethod(Method):
 
     def describe(self) -> dict[str, Any]:
         tree = self.buffers.tree
-        greedy = self.acceptance.greedy
+        typical = self.acceptance.rule == "typical"  # eps and delta mean nothing to the other rules
         return {
             "heads": self.heads_name,
             "tree": tree.name,
             "node_budget": tree.node_budget,
             "temperature": self.acceptance.temperature,
-            "posterior_threshold": float("nan") if greedy else self.acceptance.posterior_threshold,
-            "posterior_alpha": float("nan") if greedy else self.acceptance.posterior_alpha,
+            "posterior_threshold": self.acceptance.posterior_threshold if typical else float("nan"),
+            "posterior_alpha": self.acceptance.posterior_alpha if typical else float("nan"),
         }
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
-        del seed  # the engine draws no random numbers (greedy, or typical acceptance with an argmax root)
-        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, compile=self.compile)
+        # The record's seed seeds the engine's own generator (greedy and argmax-root typical draw nothing).
+        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, compile=self.compile,
+                              seed=seed)
         result = generate(self.backbone, self.heads, self.buffers, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
 

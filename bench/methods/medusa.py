@@ -19,4 +19,4 @@ class Medusa(EngineMethod):
     needs_tree = True
 
     def __init__(self, context: MethodContext, options: Any = None) -> None:
-        super().__init__(context, options, tree_of(context, self.name), AcceptanceConfig(temperature=0.0))
+        super().__init__(context, options, tree_of(context, self.name), AcceptanceConfig(rule="greedy"))
