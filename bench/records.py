@@ -52,6 +52,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.records_v1 import upgrade_run_info, upgrade_v1_row, v1_columns, v1_pld_max_ngram
 from common.errors import WorkbenchError
 from common.io import atomic_write, display, read_json
 
@@ -203,56 +204,7 @@ def records_csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-# ---- schema v1 (pld_tokens column, pld_* identity keys) -> v2 (method_options) ------------------
-V1_COLUMNS: tuple[str, ...] = tuple("pld_tokens" if c == "method_options" else c for c in COLUMNS)
-_V1_PLD_METHOD = "hf-pld"
-_V1_PLD_MAX_NGRAM = 2  # the only value v1 runs used when run.json does not say
-
-
-def _v1_pld_options(num_tokens: Any, max_ngram: Any) -> dict[str, int]:
-    """hf-pld's options in v2 form (the field names of `bench.methods.hf_pld.PLDOptions`)."""
-    return {"num_tokens": int(num_tokens), "max_ngram": int(max_ngram)}
-
-
-def upgrade_v1_row(raw: dict[str, str], pld_max_ngram: int = _V1_PLD_MAX_NGRAM) -> dict[str, str]:
-    """A v1 records.csv row (strings) in v2 form: `pld_tokens` -> `method_options` JSON.
-
-    v1 rows did not carry hf-pld's `max_ngram`: it comes from the run's identity.
-    """
-    row = {c: v for c, v in raw.items() if c != "pld_tokens"}
-    options: dict[str, Any] = {}
-    if raw.get("pld_tokens", "") != "":
-        options = _v1_pld_options(float(raw["pld_tokens"]), pld_max_ngram)
-    row["method_options"] = json.dumps(options, sort_keys=True, separators=(",", ":"))
-    return row
-
-
-def upgrade_run_info(info: dict[str, Any]) -> dict[str, Any]:
-    """A v1 run.json in v2 form: the pld identity and session-config keys -> `method_options`."""
-    if int(info.get("schema_version", 1)) >= 2:
-        return info
-    sessions = info.get("sessions", [])
-    ran_pld = any(_V1_PLD_METHOD in s.get("methods", ()) for s in sessions)
-
-    def pld_options(d: dict[str, Any]) -> dict[str, Any]:
-        return {_V1_PLD_METHOD: _v1_pld_options(d.get("pld_tokens", 10), d.get("pld_max_ngram", _V1_PLD_MAX_NGRAM))}
-
-    def upgrade(d: dict[str, Any], has_pld: bool) -> dict[str, Any]:
-        """`d` with `method_options` in place of the pld keys (key order otherwise kept)."""
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if k in ("pld_tokens", "pld_max_ngram"):
-                out.setdefault("method_options", pld_options(d) if has_pld else {})
-            else:
-                out[k] = v
-        return out
-
-    upgraded = dict(info, schema_version=SCHEMA_VERSION)
-    if isinstance(info.get("identity"), dict):
-        upgraded["identity"] = upgrade(info["identity"], ran_pld)
-    upgraded["sessions"] = [dict(s, config=upgrade(s["config"], _V1_PLD_METHOD in s.get("methods", ())))
-                            if isinstance(s.get("config"), dict) else s for s in sessions]
-    return upgraded
+V1_COLUMNS: tuple[str, ...] = v1_columns(COLUMNS)
 
 
 def _damaged(path: Path, where: str) -> WorkbenchError:
@@ -299,8 +251,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     v1_max_ngram = None  # set for a v1 file: its rows are upgraded with the run's hf-pld max_ngram
     if columns == V1_COLUMNS:
         identity = (read_run_json(path.parent) or {}).get("identity") or {}
-        pld = (identity.get("method_options") or {}).get(_V1_PLD_METHOD) or {}
-        v1_max_ngram = pld.get("max_ngram", _V1_PLD_MAX_NGRAM)
+        v1_max_ngram = v1_pld_max_ngram(identity)
     elif columns == COLUMNS:
         pass
     elif not columns and tail.strip():
@@ -431,7 +382,7 @@ def read_run_json(directory: str | os.PathLike) -> dict[str, Any] | None:
     info = read_json(path, "run settings")
     if not isinstance(info, dict):
         raise WorkbenchError(f"{display(path)} is not a JSON object")
-    return upgrade_run_info(info)
+    return upgrade_run_info(info, SCHEMA_VERSION)
 
 
 def write_run_json(directory: str | os.PathLike, data: dict[str, Any]) -> None:
