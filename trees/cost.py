@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import WorkbenchError
-from common.io import read_csv
+from common.errors import MissingResult, WorkbenchError
+from common.io import display, read_csv
 from common.paths import LATENCY_DIR, SCRATCH_LATENCY, committed_or_scratch
 from common.provenance import device_slug, upgrade_columns
 
@@ -34,7 +34,7 @@ def default_profile_path(device: str = "cpu") -> Path:
 
 def load_table(path: str | os.PathLike) -> pd.DataFrame:
     """The whole latency CSV in the current schema (older provenance columns renamed), checked."""
-    table = upgrade_columns(read_csv(path, "latency profile", REQUIRED, command=LATENCY_COMMAND + " on this machine"))
+    table = upgrade_columns(read_csv(path, "latency profile", REQUIRED, command=LATENCY_COMMAND))
     if "device_name" in table.columns:
         # Profiles of the first schema wrote "AMD EPYC (1 threads)"; threads has its own column.
         table["device_name"] = table["device_name"].astype(str).str.replace(r" \(\d+ threads\)$", "", regex=True)
@@ -75,7 +75,13 @@ class LatencyProfile:
 def load_profile(path: str | os.PathLike | None = None, backbone: str | None = None,
                  dtype: str | None = None) -> LatencyProfile:
     """Read a latency CSV (default: this machine's), optionally for one backbone and dtype."""
-    path = Path(path) if path is not None else default_profile_path()
+    if path is None:
+        path = default_profile_path()
+        if not path.is_file():
+            # The default names this machine and its thread count: say what exists instead.
+            found = sorted(p.name for p in LATENCY_DIR.glob("*.csv"))
+            raise MissingResult(f"no latency profile for this machine ({path.stem}): run `{LATENCY_COMMAND}` here, "
+                                f"or pass --latency FILE (committed: {', '.join(found) or 'none'} in {display(LATENCY_DIR)})")
     table = load_table(path)
     if backbone is not None:
         table = table[table["backbone"] == backbone]

@@ -134,8 +134,9 @@ def resolve_profile(profile: Any) -> tuple[LatencyModel, str]:
     """(latency model, device label) from a profile object, a CSV path or None (this machine's)."""
     if profile is not None and hasattr(profile, "verify_time"):
         return profile, str(getattr(profile, "device", "") or "profile")
-    path = Path(profile) if profile is not None else default_profile_path()
-    return load_profile(path), path.stem
+    if profile is None:
+        return load_profile(None), default_profile_path().stem
+    return load_profile(profile), Path(profile).stem
 
 
 def monotone_verify_times(profile: LatencyModel, max_budget: int, context: int | None = None) -> list[float]:
