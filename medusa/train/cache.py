@@ -7,6 +7,11 @@ the heads. The cache is kept in chunks (consecutive samples of one distilled sha
 a distilled folder that grew since the last run only caches its new shards. Each chunk folder is
 built under a temporary name and swapped in whole (`common.io.atomic_folder`): an interrupted
 build leaves no half chunk behind.
+
+Teacher-forced data (`medusa.teacher`) already holds the hidden states, so it needs no cache:
+`TeacherCache` opens its shards memory-mapped and serves the same batches (hidden states and the
+hard targets, the backbone's argmax at each head's target position) plus the backbone's top-k
+distribution there (`soft_batch`) for the soft loss.
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from tqdm import tqdm
 from common.errors import WorkbenchError
 from common.io import atomic_folder
 from medusa.backbone import Backbone
-from medusa.distill import Sample, ensure_writable
-from medusa.train.losses import IGNORE, head_targets
+from medusa.distill import Sample, data_parts, ensure_writable, read_run
+from medusa.teacher import iter_shards as teacher_shards
+from medusa.teacher import read_shard
+from medusa.train.losses import IGNORE, SoftTargets, head_targets
 
 CACHE_CHUNK = 128
 
@@ -160,3 +167,112 @@ def build_cache(
     meta = {"chunks": len(folders), "chunks_built": len(todo), "build_s": round(time.perf_counter() - t0, 1),
             "samples": len(samples), "backbone_dtype": str(backbone.dtype).replace("torch.", "")}
     return HiddenCache(parts, meta)
+
+
+# ---- teacher-forced shards ----------------------------------------------------------------------
+def teacher_target_rows(seq: np.ndarray, pos: np.ndarray, scored: np.ndarray, num_heads: int) -> np.ndarray:
+    """(rows, K) row index of head k's target distribution for each row, -1 where it has none.
+
+    Head k (1-based) on position t of a record is scored against the distribution at position t+k
+    of the same record (the backbone's logits there predict token t+k+1); a shard stores a
+    record's positions in order, so that is row r+k when it has the same record and position t+k
+    and is scored (its next token is assistant text).
+    """
+    rows = len(pos)
+    out = np.full((rows, num_heads), -1, dtype=np.int64)
+    r = np.arange(rows)
+    for k in range(1, num_heads + 1):
+        j = r[: max(rows - k, 0)] + k
+        ok = (seq[j] == seq[j - k]) & (pos[j] == pos[j - k] + k) & scored[j]
+        out[j[ok] - k, k - 1] = j[ok]
+    return out
+
+
+@dataclass
+class TeacherCache:
+    """Teacher-forced shards as training rows: rows with at least one head target, memory-mapped."""
+
+    parts: list[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]  # arrays, rows kept, target rows
+    meta: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.offsets = np.cumsum([0] + [len(rows) for _, rows, _ in self.parts])
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1])
+
+    def _gather(self, idx: np.ndarray):
+        idx = np.sort(np.asarray(idx))
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        for p in np.unique(part):
+            arrays, kept, target_rows = self.parts[p]
+            local = idx[part == p] - self.offsets[p]
+            yield arrays, kept[local], target_rows[kept[local]]
+
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states (n, H) fp32 and hard targets (n, K): the argmax at each head's target, IGNORE where none."""
+        hs, ts = [], []
+        for arrays, rows, trows in self._gather(idx):
+            bits = np.asarray(arrays["hidden"][rows]).view(np.int16)
+            hs.append(torch.from_numpy(bits).view(torch.bfloat16).float())
+            top1 = np.asarray(arrays["topk_ids"][np.maximum(trows, 0).ravel(), 0], dtype=np.int64).reshape(trows.shape)
+            ts.append(torch.from_numpy(np.where(trows >= 0, top1, IGNORE)))
+        return torch.cat(hs).to(device), torch.cat(ts).to(device)
+
+    def soft_batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> SoftTargets:
+        """The backbone's top-k distribution at each head's target position for rows `idx` (sorted, as `batch`)."""
+        ids, logp, rest = [], [], []
+        for arrays, _, trows in self._gather(idx):
+            flat = np.maximum(trows, 0).ravel()
+            n, K = trows.shape
+            ids.append(torch.from_numpy(np.asarray(arrays["topk_ids"][flat], dtype=np.int64).reshape(n, K, -1)))
+            logp.append(torch.from_numpy(np.asarray(arrays["topk_logp"][flat], dtype=np.float32).reshape(n, K, -1)))
+            rest.append(torch.from_numpy(np.asarray(arrays["rest_logp"][flat], dtype=np.float32).reshape(n, K)))
+        return SoftTargets(torch.cat(ids).to(device), torch.cat(logp).to(device), torch.cat(rest).to(device))
+
+    def target_vocab(self) -> torch.Tensor:
+        """Sorted token ids that occur as a hard target anywhere in the data."""
+        seen = np.unique(np.concatenate([np.asarray(a["topk_ids"][t[t >= 0], 0]) for a, _, t in self.parts]))
+        return torch.from_numpy(seen.astype(np.int64))
+
+
+def open_teacher_cache(spec: str, num_heads: int, hidden_size: int) -> TeacherCache:
+    """The teacher-forced shards of one or more `medusa.teacher` folders (comma-separated) as training rows."""
+    parts = []
+    keys: set[str] = set()
+    for folder in data_parts(spec):
+        for shard in teacher_shards(folder):
+            arrays, meta = read_shard(shard)
+            if arrays["hidden"].shape[1] != hidden_size:
+                raise WorkbenchError(f"{shard} holds hidden states of size {arrays['hidden'].shape[1]}, not {hidden_size}")
+            if keys & set(meta["keys"]):
+                raise WorkbenchError(f"{shard} repeats records of an earlier shard; give each folder once")
+            keys.update(meta["keys"])
+            target_rows = teacher_target_rows(np.asarray(arrays["seq"]), np.asarray(arrays["pos"]),
+                                              np.asarray(arrays["scored"]), num_heads)
+            kept = np.flatnonzero((target_rows >= 0).any(axis=1))
+            parts.append((arrays, kept, target_rows))
+    if not parts:
+        raise WorkbenchError(f"{spec} holds no teacher shards; run `python -m medusa.teacher --out {spec}` first")
+    return TeacherCache(parts, {"kind": "teacher", "shards": len(parts), "records": len(keys),
+                                "chunks_built": 0, "build_s": 0.0})
+
+
+def teacher_summary(spec: str, cache: TeacherCache) -> dict[str, Any]:
+    """Size and settings of the teacher-forced data a run trained on (for its training record)."""
+    runs = [read_run(part) for part in data_parts(spec)]
+    return {
+        "path": str(spec), "kind": "teacher", "records": cache.meta["records"], "rows": cache.rows,
+        "teacher_settings": runs[0].get("settings", {}) if runs else {},
+        "teacher_cpu_s": round(sum(float(r.get("cpu_s") or 0.0) for r in runs), 1),
+    }
+
+
+def teacher_keys(spec: str) -> list[str]:
+    """Sorted prompt keys of the records in teacher-forced folders."""
+    keys: set[str] = set()
+    for folder in data_parts(spec):
+        for shard in teacher_shards(folder):
+            keys.update(read_shard(shard)[1]["keys"])
+    return sorted(keys)

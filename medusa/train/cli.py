@@ -9,6 +9,8 @@ Usage::
 
     python -m medusa.train --stage 1 --data data/distill/smollm2-train --eval-data data/distill/smollm2-eval \\
         --out results/heads/smollm2-135m-medusa1 --steps 2000 --batch-size 256 --proj-dtype bfloat16
+    python -m medusa.train --stage 1 --data data/teacher/smollm2-train --eval-data data/distill/smollm2-eval \
+        --loss soft --out results/_scratch/soft     # teacher-forced data (medusa.teacher)
     accelerate launch -m medusa.train --stage 1 --data ... --device cuda
     python -m medusa.train --stage 2 --data ... --init-heads results/heads/smollm2-135m-medusa1 --out results/_scratch/m2
 """
@@ -23,6 +25,7 @@ from typing import Any
 from common.cli import Parser, add_dtype, add_threads, apply_threads
 from medusa.train.config import (
     BACKBONE_LOSSES,
+    LOSSES,
     TRAIN_VOCABS,
     CommonTrainConfig,
     Stage2Config,
@@ -73,6 +76,10 @@ def add_stage1_args(p: argparse.ArgumentParser) -> None:
                    help="softmax over the full vocabulary, or tokens seen as training targets + sampled negatives")
     g.add_argument("--cache-only", action="store_true", help="build the hidden-state caches and stop")
     g.add_argument("--negatives", type=int, default=d.negatives, help="negatives per step with --train-vocab seen")
+    g.add_argument("--loss", default=d.loss, choices=LOSSES,
+                   help="hard: CE on the backbone's argmax; soft: CE against its top-k distribution "
+                        "(teacher-forced --data from medusa.teacher); mix: (1 - w) hard + w soft")
+    g.add_argument("--soft-weight", type=float, default=d.soft_weight, help="w of --loss mix")
 
 
 def add_stage2_args(p: argparse.ArgumentParser) -> None:

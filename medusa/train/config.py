@@ -16,6 +16,7 @@ from common.paths import CACHE_ROOT
 from medusa.backbone import DEFAULT_BACKBONE
 
 TRAIN_VOCABS = ("full", "seen")
+LOSSES = ("hard", "soft", "mix")
 BACKBONE_LOSSES = ("kl", "ce")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -68,6 +69,13 @@ class TrainConfig(CommonTrainConfig):
     cache_root: str = str(CACHE_ROOT)
     max_samples: int | None = None
     cache_only: bool = False
+    loss: str = "hard"
+    soft_weight: float = 0.5
+
+    @property
+    def effective_soft_weight(self) -> float:
+        """The soft CE's share of each head's loss: 0 (hard), 1 (soft) or soft_weight (mix)."""
+        return {"hard": 0.0, "soft": 1.0}.get(self.loss, self.soft_weight)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +84,12 @@ class TrainConfig(CommonTrainConfig):
             raise WorkbenchError(f"lr must be > 0, got {self.lr}")
         if self.train_vocab not in TRAIN_VOCABS:
             raise WorkbenchError(f"train_vocab must be one of {TRAIN_VOCABS}, got {self.train_vocab!r}")
+        if self.loss not in LOSSES:
+            raise WorkbenchError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not 0 <= self.soft_weight <= 1:
+            raise WorkbenchError(f"soft_weight must be in [0, 1], got {self.soft_weight}")
+        if self.loss != "hard" and self.train_vocab != "full":
+            raise WorkbenchError("--loss soft/mix needs --train-vocab full (the teacher's top-k may fall outside the seen tokens)")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ functions of (seed, step), so a resumed run matches an uninterrupted one.
 The same code runs as one CPU process or data-parallel under `accelerate launch` / `torchrun`
 (each process takes its slice of every global batch; the cache is built once by the main process).
 
+Teacher-forced data (`medusa.teacher`, a folder whose run.json says `"kind": "teacher"`) needs no
+cache: its shards already hold the hidden states (`medusa.train.cache.TeacherCache`), and they also
+hold the backbone's top-k distribution, so `--loss soft` (or `mix`, `--soft-weight`) trains on it
+(`medusa.train.losses.soft_cross_entropy`); `--loss hard` (the default) is the cross-entropy on the
+backbone's argmax, as on self-distilled data. `--eval-data` may be either kind.
+
 Phases of `train_stage1`: read the data, load the backbone, build the caches, make the trainer,
 resume, run the steps (train, evaluate, log, checkpoint), write the outputs.
 """
@@ -53,7 +59,15 @@ from common.io import atomic_folder, atomic_write, write_csv
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, ensure_writable, read_samples
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
-from medusa.train.cache import HiddenCache, build_cache
+from medusa.teacher import is_teacher_folder
+from medusa.train.cache import (
+    HiddenCache,
+    TeacherCache,
+    build_cache,
+    open_teacher_cache,
+    teacher_keys,
+    teacher_summary,
+)
 from medusa.train.config import TrainConfig
 from medusa.train.inputs import check_data_fits, data_summary
 from medusa.train.losses import (
@@ -97,8 +111,8 @@ class Stage1Data:
 
     train: list[Sample]
     eval: list[Sample]
-    train_cache: HiddenCache
-    eval_cache: HiddenCache | None
+    train_cache: HiddenCache | TeacherCache
+    eval_cache: HiddenCache | TeacherCache | None
     cache_s: float
 
 
@@ -120,8 +134,27 @@ def read_data(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """Training and held-out samples (read before the backbone loads, so bad data fails fast)."""
     if not config.data or not config.out:
         raise WorkbenchError("--data and --out are required")
-    train = read_samples(config.data, limit=config.max_samples)
-    return train, read_samples(config.eval_data) if config.eval_data else []
+    if teacher_data(config.data):
+        train: list[Sample] = []
+    elif config.effective_soft_weight > 0:
+        raise WorkbenchError(f"--loss {config.loss} needs teacher-forced data (python -m medusa.teacher); {config.data} is self-distilled")
+    else:
+        train = read_samples(config.data, limit=config.max_samples)
+    held_out = read_samples(config.eval_data) if config.eval_data and not teacher_data(config.eval_data) else []
+    return train, held_out
+
+
+def teacher_data(spec: str) -> bool:
+    """Whether a `--data` value names teacher-forced folders (`medusa.teacher`), not distilled ones."""
+    return is_teacher_folder(spec.split(",")[0].strip())
+
+
+def open_cache(spec: str, samples: list[Sample], config: TrainConfig, backbone: Backbone,
+               progress: bool) -> HiddenCache | TeacherCache:
+    """Teacher-forced shards as they are, or the hidden-state cache of distilled samples."""
+    if teacher_data(spec):
+        return open_teacher_cache(spec, config.num_heads, backbone.hidden_size)
+    return build_cache(backbone, samples, config.num_heads, config.cache_root, progress=progress)
 
 
 def build_caches(config: TrainConfig, backbone: Backbone, train: list[Sample], held_out: list[Sample],
@@ -132,10 +165,8 @@ def build_caches(config: TrainConfig, backbone: Backbone, train: list[Sample], h
             check_data_fits(folder, backbone)
     with accelerator.main_process_first():
         t0 = time.perf_counter()
-        train_cache = build_cache(backbone, train, config.num_heads, config.cache_root,
-                                  progress=progress and accelerator.is_main_process)
-        eval_cache = (build_cache(backbone, held_out, config.num_heads, config.cache_root, progress=False)
-                      if held_out else None)
+        train_cache = open_cache(config.data, train, config, backbone, progress and accelerator.is_main_process)
+        eval_cache = open_cache(config.eval_data, held_out, config, backbone, False) if config.eval_data else None
     return Stage1Data(train, held_out, train_cache, eval_cache, time.perf_counter() - t0)
 
 
@@ -157,12 +188,13 @@ def make_heads(config: TrainConfig, backbone: Backbone) -> MedusaHeads:
     return heads
 
 
-def make_trainer(config: TrainConfig, heads: MedusaHeads, cache: HiddenCache, accelerator: Accelerator) -> Trainer:
+def make_trainer(config: TrainConfig, heads: MedusaHeads, cache: HiddenCache | TeacherCache,
+                 accelerator: Accelerator) -> Trainer:
     """Loss module, AdamW and the cosine schedule, prepared for the accelerator."""
     device = str(accelerator.device)
     proj_dtype = None if config.proj_dtype in ("float32", "fp32") else parse_dtype(config.proj_dtype, device)
     vocab = cache.target_vocab() if config.train_vocab == "seen" else None
-    module = ProjectedHeads(heads, config.decay, proj_dtype, vocab, config.negatives)
+    module = ProjectedHeads(heads, config.decay, proj_dtype, vocab, config.negatives, config.effective_soft_weight)
     optimizer = torch.optim.AdamW([p for p in heads.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     warmup = int(config.warmup_ratio * config.steps)
@@ -187,14 +219,15 @@ def resume(config: TrainConfig, ckpt: Path, accelerator: Accelerator) -> tuple[i
     return int(progress["step"]), RunLog.from_progress(progress)
 
 
-def train_step(config: TrainConfig, trainer: Trainer, cache: HiddenCache, step: int,
+def train_step(config: TrainConfig, trainer: Trainer, cache: HiddenCache | TeacherCache, step: int,
                accelerator: Accelerator) -> dict[str, Any]:
     """One optimiser step on global batch `step` (this process's slice); returns its loss row."""
     world, rank = accelerator.num_processes, accelerator.process_index
     idx = batch_indices(cache.rows, config.batch_size, step, config.seed)[rank::world]
     h, tgt = cache.batch(idx, accelerator.device)
     negatives = draw_negatives(trainer.negatives_pool, trainer.negatives, config.seed, step)
-    loss, per_head = trainer.module(h, tgt, negatives)
+    soft = cache.soft_batch(idx, accelerator.device) if config.effective_soft_weight > 0 else None
+    loss, per_head = trainer.module(h, tgt, negatives, soft)
     accelerator.backward(loss)
     trainer.optimizer.step()
     trainer.scheduler.step()
@@ -205,7 +238,7 @@ def train_step(config: TrainConfig, trainer: Trainer, cache: HiddenCache, step: 
             **{f"loss_head{k + 1}": float(per_head[k]) for k in range(config.num_heads)}}
 
 
-def evaluate(heads: MedusaHeads, cache: HiddenCache, rows: np.ndarray, step: int) -> pd.DataFrame:
+def evaluate(heads: MedusaHeads, cache: HiddenCache | TeacherCache, rows: np.ndarray, step: int) -> pd.DataFrame:
     """Top-1..10 accuracy per head on held-out `rows`, tagged with `step`."""
     h, tgt = cache.batch(rows)
     heads.eval()
@@ -279,8 +312,8 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
     return {
         "stage": 1,
         "config": asdict(config),
-        "train_data": data_summary(config.data, data.train),
-        "eval_data": data_summary(config.eval_data, data.eval) if data.eval else None,
+        "train_data": summary(config.data, data.train, cache),
+        "eval_data": summary(config.eval_data, data.eval, held_out) if held_out is not None else None,
         "train_rows": cache.rows,
         "train_vocab_size": int(len(trainer.vocab)) if trainer.vocab is not None else trainer.heads.config.vocab_size,
         "eval_rows": min(config.eval_rows, held_out.rows) if held_out is not None else 0,
@@ -299,13 +332,18 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
     }
 
 
+def summary(spec: str, samples: list[Sample], cache: HiddenCache | TeacherCache) -> dict[str, Any]:
+    """What the training record says about one data set (distilled or teacher-forced)."""
+    return teacher_summary(spec, cache) if isinstance(cache, TeacherCache) else data_summary(spec, samples)
+
+
 def write_outputs(out: Path, record: dict[str, Any], heads: MedusaHeads, train: list[Sample],
-                  device: str, dtype: torch.dtype) -> dict[str, Any]:
+                  device: str, dtype: torch.dtype, keys: list[str] | None = None) -> dict[str, Any]:
     """Heads + config.json, training_record.json and prompts.txt; the checkpoint is removed."""
     heads.save(out, extra={"training": {k: record[k] for k in ("stage", "train_data", "top1_accuracy_by_head",
                                                                 "token_samples_seen")}})
     record = write_training_record(out, record, device, dtype)
-    ids = sorted({s.key for s in train})
+    ids = keys if keys is not None else sorted({s.key for s in train})
     atomic_write(out / "prompts.txt", "# sha256 prompt keys (medusa.data.prompt_hash) of the training prompts\n"
                  + "\n".join(ids) + "\n")
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
@@ -339,6 +377,7 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         timings["wall_s"] = time.perf_counter() - t_start
         record = stage1_record(config, trainer, data, log, start_step, accelerator.num_processes, timings)
         heads = accelerator.unwrap_model(trainer.module).heads
-        record = write_outputs(out, record, heads, train, device, dtype)
+        keys = teacher_keys(config.data) if isinstance(data.train_cache, TeacherCache) else None
+        record = write_outputs(out, record, heads, train, device, dtype, keys)
     accelerator.wait_for_everyone()
     return record
