@@ -43,6 +43,22 @@ def display(path: str | os.PathLike) -> str:
         return str(p)
 
 
+def ensure_writable(directory: str | os.PathLike, what: str = "") -> Path:
+    """Create `directory` if needed and check a file can be written there, before any long work.
+
+    One `WorkbenchError` line ("cannot write [what ]to DIR: reason") instead of a failure after
+    minutes of compute. The probe file has a unique name, so two writers never collide.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe.", delete=True):
+            pass
+    except OSError as e:
+        raise WorkbenchError(f"cannot write {what + ' ' if what else ''}to {display(directory)}: {e.strerror}") from None
+    return directory
+
+
 def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Path], Any]) -> Path:
     """Replace `path` with `content` all at once; the previous file survives any failure.
 

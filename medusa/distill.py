@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from common.cli import Parser, add_dtype, add_threads, apply_threads, comma_list, run_cli
 from common.errors import WorkbenchError
-from common.io import atomic_write
+from common.io import atomic_write, ensure_writable
 from common.provenance import Provenance
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
@@ -81,16 +81,6 @@ class DistillConfig:
 
     def answer_settings(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in self.RESUMABLE}
-
-
-def ensure_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise WorkbenchError(f"cannot write to {directory}: {e.strerror}") from None
 
 
 # ---- reading distilled data ------------------------------------------------------------------
@@ -246,15 +236,20 @@ def select_prompts(
 
 
 @torch.no_grad()
+def check_same_settings(out: Path, previous: dict[str, Any], settings: dict[str, Any], kind: str = "run") -> None:
+    """A resumed output folder must have been written with the same output-changing `settings`."""
+    if previous and previous.get("settings") != settings:
+        theirs = previous.get("settings", {})
+        diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {settings[k]!r}" for k in settings if theirs.get(k) != settings[k])
+        raise WorkbenchError(f"{out} holds a {kind} with other settings ({diff}); use another --out")
+
+
 def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
     """Answer the selected prompts into `out_dir`, resuming a previous run; returns the run record."""
     out = Path(out_dir)
     ensure_writable(out)
     previous = read_run(out)
-    if previous and previous.get("settings") != config.answer_settings():
-        theirs, mine = previous.get("settings", {}), config.answer_settings()
-        diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k])
-        raise WorkbenchError(f"{out} holds a run with other settings ({diff}); use another --out")
+    check_same_settings(out, previous, config.answer_settings())
     backbone = load_backbone(config.backbone, dtype=config.dtype)
     report = LoadReport()
     selected = select_prompts(backbone, config, report)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from common.errors import WorkbenchError
-from common.io import atomic_write
+from common.io import atomic_write, ensure_writable
 from medusa.backbone import Backbone, BackboneIdentity
 from medusa.official_layout import is_official_layout, official_fingerprint, read_official
 
@@ -147,13 +146,7 @@ class MedusaHeads(nn.Module):
     # ---- persistence -------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write heads.safetensors + config.json into `directory` (each file replaced atomically)."""
-        directory = Path(directory)
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=directory, delete=True)
-            probe.close()
-        except OSError as e:
-            raise WorkbenchError(f"cannot write heads to {directory}: {e.strerror}") from None
+        directory = ensure_writable(directory, "heads")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write(directory / "heads.safetensors", lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         atomic_write(directory / "config.json", json.dumps({**self.config.to_dict(), **(extra or {})}, indent=1) + "\n")

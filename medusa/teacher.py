@@ -48,11 +48,11 @@ from tqdm import tqdm
 
 from common.cli import Parser, add_dtype, add_threads, apply_threads, run_cli
 from common.errors import WorkbenchError
-from common.io import atomic_folder, atomic_write
+from common.io import atomic_folder, atomic_write, ensure_writable
 from common.provenance import Provenance
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
-from medusa.distill import ensure_writable, read_run
+from medusa.distill import check_same_settings, read_run
 
 RUN_FILE = "run.json"
 SHARD_PREFIX = "shard-"
@@ -220,13 +220,6 @@ def select_records(config: TeacherConfig, report: LoadReport) -> list[Prompt]:
     return chosen
 
 
-def _check_resume(out: Path, previous: dict[str, Any], config: TeacherConfig) -> None:
-    if previous and previous.get("settings") != config.output_settings():
-        theirs, mine = previous.get("settings", {}), config.output_settings()
-        diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k])
-        raise WorkbenchError(f"{out} holds a teacher run with other settings ({diff}); use another --out")
-
-
 def build_teacher_data(config: TeacherConfig, out_dir: str | os.PathLike, progress: bool = True,
                        backbone: Backbone | None = None) -> dict[str, Any]:
     """Store teacher-forced positions of the selected records in `out_dir`, resuming; returns run.json."""
@@ -235,7 +228,7 @@ def build_teacher_data(config: TeacherConfig, out_dir: str | os.PathLike, progre
     previous = read_run(out)
     if previous and previous.get("kind") != "teacher":
         raise WorkbenchError(f"{out} holds another kind of data (not medusa.teacher); use another --out")
-    _check_resume(out, previous, config)
+    check_same_settings(out, previous, config.output_settings(), "teacher run")
     backbone = backbone or load_backbone(config.backbone, dtype=config.dtype)
     report = LoadReport()
     records = select_records(config, report)

@@ -30,11 +30,11 @@ import torch
 from tqdm import tqdm
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder
+from common.io import atomic_folder, ensure_writable
 from medusa.backbone import Backbone
-from medusa.distill import Sample, data_parts, ensure_writable, read_run
+from medusa.distill import Sample, data_parts, read_run
+from medusa.teacher import done_keys, read_shard
 from medusa.teacher import iter_shards as teacher_shards
-from medusa.teacher import read_shard
 from medusa.train.losses import IGNORE, SoftTargets, head_targets
 
 CACHE_CHUNK = 128
@@ -271,8 +271,4 @@ def teacher_summary(spec: str, cache: TeacherCache) -> dict[str, Any]:
 
 def teacher_keys(spec: str) -> list[str]:
     """Sorted prompt keys of the records in teacher-forced folders."""
-    keys: set[str] = set()
-    for folder in data_parts(spec):
-        for shard in teacher_shards(folder):
-            keys.update(read_shard(shard)[1]["keys"])
-    return sorted(keys)
+    return sorted(set().union(*(done_keys(Path(folder)) for folder in data_parts(spec))))

@@ -55,9 +55,9 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder, atomic_write, write_csv
+from common.io import atomic_folder, atomic_write, ensure_writable, write_csv
 from medusa.backbone import Backbone, load_backbone, parse_dtype
-from medusa.distill import Sample, ensure_writable, read_samples
+from medusa.distill import Sample, read_samples
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
 from medusa.teacher import is_teacher_folder
 from medusa.train.cache import (

@@ -43,9 +43,9 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm import tqdm
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder, write_csv, write_json
+from common.io import atomic_folder, ensure_writable, write_csv, write_json
 from medusa.backbone import Backbone, load_backbone, parse_dtype
-from medusa.distill import Sample, ensure_writable, read_samples, seeded
+from medusa.distill import Sample, read_samples, seeded
 from medusa.train.config import Stage2Config
 from medusa.train.drift import measure_drift
 from medusa.train.inputs import check_data_fits, data_summary
