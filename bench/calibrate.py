@@ -24,6 +24,13 @@ scratch one; each file written atomically):
 - ``paths.csv``: ``path, depth, count, fraction`` for every observed rank-path prefix ("0-1-0");
   the empty path (depth 0) counts all positions;
 - ``holdout.csv``: the acceptance models cross-validated by prompt (`trees.holdout`);
+- ``probs.parquet``: the candidates table ``prompt, position, head, rank0, prob, hit``: each
+  head's softmax probability of every candidate in its top-R list and whether it was the true
+  token (written beside the ranks table, resumed with it; heads that are not an `nn.Module`
+  give no probabilities and no table);
+- ``confidence.csv``: per head, the isotonic map probability -> P(candidate is the true token)
+  fitted on it (`trees.confidence`; what dynamic trees read). Calibrations made before these two
+  files existed lack them and load everywhere as before;
 - ``calibration.json``: what was run (backbone, heads fingerprint, prompt set and count under
   the keys ``source`` and ``prompts``, settings, timings) and its ``provenance``
   (`common.provenance`).
@@ -67,6 +74,7 @@ from trees.acceptance_model import (
     marginals_from_ranks,
     path_stats_from_ranks,
 )
+from trees.confidence import CANDIDATES_COLUMNS, CONFIDENCE_FILE, fit_confidence, load_candidates
 from trees.holdout import holdout_evaluation, summarize_holdout
 from trees.tree import Tree, preset
 
@@ -145,11 +153,23 @@ def head_topk(heads: Any, hidden: torch.Tensor, ids: Sequence[int], first: int, 
     proposer (`medusa.decode.Proposer`) is asked position by position, with the token ids it would
     see in the engine (everything up to and including the pending root).
     """
+    return head_topk_probs(heads, hidden, ids, first, top_r)[0]
+
+
+@torch.inference_mode()
+def head_topk_probs(
+    heads: Any, hidden: torch.Tensor, ids: Sequence[int], first: int, top_r: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`head_topk`'s ids (K, T, R) and the heads' softmax probabilities of them (K, T, R) float32.
+
+    The probabilities are None for a proposer that is not an `nn.Module` (it gives ids only).
+    """
     if isinstance(heads, torch.nn.Module):
-        logits = heads(hidden[first:])  # (K, T, V)
-        return torch.topk(logits.float(), top_r, dim=-1).indices
+        logits = heads(hidden[first:]).float()  # (K, T, V)
+        top = torch.topk(logits, top_r, dim=-1)
+        return top.indices, torch.exp(top.values - torch.logsumexp(logits, dim=-1, keepdim=True))
     rows = [heads.propose(hidden[j], list(ids[: j + 2]), top_r) for j in range(first, hidden.shape[0])]
-    return torch.stack(rows, dim=1)
+    return torch.stack(rows, dim=1), None
 
 
 def ranks_of(topk: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -158,31 +178,61 @@ def ranks_of(topk: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(hit.any(-1), hit.int().argmax(-1), torch.full_like(targets, -1))
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What calibration measures: the ranks table and, when the heads give probabilities, the candidates table."""
+
+    ranks: pd.DataFrame  # RANKS_COLUMNS
+    probs: pd.DataFrame | None  # CANDIDATES_COLUMNS (trees.confidence); None: not measured
+
+
 @torch.inference_mode()
 def prompt_ranks(
     backbone: Backbone, heads: Any, prompt_ids: Sequence[int], output_ids: Sequence[int], top_r: int
 ) -> pd.DataFrame:
     """Ranks table of one decoded prompt (prompt column left empty for the caller to fill)."""
+    return prompt_tables(backbone, heads, prompt_ids, output_ids, top_r).ranks
+
+
+@torch.inference_mode()
+def prompt_tables(
+    backbone: Backbone, heads: Any, prompt_ids: Sequence[int], output_ids: Sequence[int], top_r: int
+) -> Measured:
+    """Ranks and candidates tables of one decoded prompt (prompt columns left empty for the caller)."""
     k = int(heads.num_heads)
     ids = list(prompt_ids) + list(output_ids)
     p, n = len(prompt_ids), len(ids)
     # Hidden at j predicts the root ids[j+1]; head h targets ids[j+1+h]. Keep j with j+1+K <= n-1.
     first, last = p - 1, n - 2 - k
+    probs_empty = pd.DataFrame(columns=CANDIDATES_COLUMNS) if isinstance(heads, torch.nn.Module) else None
     if last < first:
-        return pd.DataFrame(columns=RANKS_COLUMNS)
+        return Measured(pd.DataFrame(columns=RANKS_COLUMNS), probs_empty)
     hidden = hidden_states(backbone, ids[: last + 1])  # positions past `last` are never needed
-    topk = head_topk(heads, hidden, ids, first, top_r)  # (K, T, R)
+    topk, probs = head_topk_probs(heads, hidden, ids, first, top_r)  # (K, T, R) each
     t = last - first + 1
     ids_t = torch.tensor(ids, device=topk.device)
     js = torch.arange(first, last + 1, device=topk.device)
     targets = torch.stack([ids_t[js + 1 + h] for h in range(1, k + 1)])  # (K, T)
     r = ranks_of(topk[:, :t], targets).cpu()
-    return pd.DataFrame({
+    ranks = pd.DataFrame({
         "prompt": "",
         "position": torch.arange(t).repeat(k).numpy(),
         "head": torch.arange(1, k + 1).repeat_interleave(t).numpy(),
         "rank0": r.reshape(-1).numpy(),
     })
+    if probs is None:
+        return Measured(ranks, None)
+    width = probs.shape[-1]
+    hit = (topk[:, :t] == targets[..., None]).cpu()  # (K, T, R)
+    table = pd.DataFrame({
+        "prompt": "",
+        "position": torch.arange(t).repeat_interleave(width).repeat(k).numpy(),
+        "head": torch.arange(1, k + 1).repeat_interleave(t * width).numpy(),
+        "rank0": torch.arange(width).repeat(k * t).numpy(),
+        "prob": probs[:, :t].reshape(-1).cpu().numpy(),
+        "hit": hit.reshape(-1).numpy(),
+    })
+    return Measured(ranks, table)
 
 
 def collect_ranks(
@@ -202,13 +252,43 @@ def collect_ranks(
     Greedy text comes from the engine one prompt at a time (`batch_size` 1; `decode_tree` only
     speeds it up, see `greedy_continuation`) or from batched `generate` (`batch_size` > 1).
     `on_prompt(table so far)` runs after every prompt (the CLI uses it to checkpoint the table).
+    The ranks part of `collect_tables`.
+    """
+    measured = collect_tables(
+        backbone, heads, prompts, max_new_tokens, top_r, None if done is None else Measured(done, None),
+        None if on_prompt is None else (lambda m: on_prompt(m.ranks)), progress, decode_tree, batch_size,
+        probabilities=False)
+    return measured.ranks
+
+
+def collect_tables(
+    backbone: Backbone,
+    heads: Any,
+    prompts: Sequence[tuple[str, Sequence[int]]],
+    max_new_tokens: int,
+    top_r: int,
+    done: Measured | None = None,
+    on_prompt: Callable[[Measured], None] | None = None,
+    progress: bool = False,
+    decode_tree: Tree | None = None,
+    batch_size: int = 1,
+    probabilities: bool = True,
+) -> Measured:
+    """`collect_ranks` with the candidates table beside the ranks (see `Measured`).
+
+    The candidates table is measured when asked (`probabilities`), the heads give probabilities
+    and `done` (if any) has one for its prompts; otherwise `probs` is None (a table covering only
+    some prompts would mislead the confidence fit).
     """
     if top_r > backbone.vocab_size:
         raise WorkbenchError(f"top_r {top_r} exceeds the vocabulary ({backbone.vocab_size})")
     if batch_size < 1:
         raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
-    parts = [done] if done is not None and not done.empty else []
-    seen = set(done["prompt"].astype(str)) if done is not None and not done.empty else set()
+    has_done = done is not None and not done.ranks.empty
+    with_probs = probabilities and isinstance(heads, torch.nn.Module) and (not has_done or done.probs is not None)
+    parts = [done.ranks] if has_done else []
+    prob_parts = [done.probs] if has_done and with_probs else []
+    seen = set(done.ranks["prompt"].astype(str)) if has_done else set()
     todo = [(str(name), ids) for name, ids in prompts if str(name) not in seen]
     t0 = time.perf_counter()
     for start in range(0, len(todo), batch_size):
@@ -218,19 +298,34 @@ def collect_ranks(
         else:
             outs = batched_greedy(backbone, [ids for _, ids in chunk], max_new_tokens)
         for j, ((name, ids), out) in enumerate(zip(chunk, outs)):
-            part = prompt_ranks(backbone, heads, ids, out, top_r)
-            part["prompt"] = name
-            parts.append(part)
+            part = prompt_tables(backbone, heads, ids, out, top_r)
+            part.ranks["prompt"] = name
+            parts.append(part.ranks)
+            if with_probs and part.probs is not None:
+                part.probs["prompt"] = name
+                prob_parts.append(part.probs)
             if progress:
                 print(f"  prompt {start + j + 1}/{len(todo)}: {len(out)} tokens, "
-                      f"{len(part) // max(heads.num_heads, 1)} positions ({time.perf_counter() - t0:.0f} s)",
+                      f"{len(part.ranks) // max(heads.num_heads, 1)} positions ({time.perf_counter() - t0:.0f} s)",
                       file=sys.stderr)
         if on_prompt is not None:
-            on_prompt(pd.concat(parts, ignore_index=True)[RANKS_COLUMNS])
+            on_prompt(_measured(parts, prob_parts if with_probs else None))
     if not parts:
         raise WorkbenchError("calibration produced no positions (prompts too short to score every head)")
-    table = pd.concat(parts, ignore_index=True)[RANKS_COLUMNS]
-    return table.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64"})
+    return _measured(parts, prob_parts if with_probs else None)
+
+
+def _measured(parts: list[pd.DataFrame], prob_parts: list[pd.DataFrame] | None) -> Measured:
+    """The tables so far, with their declared columns and dtypes."""
+    ranks = pd.concat(parts, ignore_index=True)[RANKS_COLUMNS]
+    ranks = ranks.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64"})
+    if prob_parts is None:
+        return Measured(ranks, None)
+    probs = pd.concat([p for p in prob_parts if not p.empty] or [pd.DataFrame(columns=CANDIDATES_COLUMNS)],
+                      ignore_index=True)[CANDIDATES_COLUMNS]
+    probs = probs.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64",
+                          "prob": "float32", "hit": bool})
+    return Measured(ranks, probs)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -240,14 +335,29 @@ def write_ranks(ranks: pd.DataFrame, path: Path) -> Path:
     return write_csv(ranks, path)
 
 
-def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool = True) -> dict[str, Path]:
-    """Derive and write accuracy.csv, paths.csv (and holdout.csv) from a ranks table."""
+def write_measured(measured: Measured, ranks_path: Path, probs_path: Path) -> None:
+    """Checkpoint both tables: probabilities first, so a run cut off between the two writes leaves
+    extra prompts only in the candidates table (which `resumable` trims). When this run measures
+    no probabilities, an earlier run's candidates and confidence tables are removed (stale)."""
+    if measured.probs is not None:
+        write_ranks(measured.probs, probs_path)
+    else:
+        probs_path.unlink(missing_ok=True)
+        (probs_path.parent / CONFIDENCE_FILE).unlink(missing_ok=True)
+    write_ranks(measured.ranks, ranks_path)
+
+
+def write_tables(ranks: pd.DataFrame, out_dir: Path, top_r: int, holdout: bool = True,
+                 probs: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Derive and write accuracy.csv, paths.csv (and holdout.csv; confidence.csv from a candidates table)."""
     acc = marginals_from_ranks(ranks, top_r)
     stats = path_stats_from_ranks(ranks, top_r)
     files = {
         "accuracy": write_csv(acc.to_frame(), out_dir / "accuracy.csv"),
         "paths": write_csv(stats.to_frame(), out_dir / "paths.csv"),
     }
+    if probs is not None and not probs.empty:
+        files["confidence"] = fit_confidence(probs).save(out_dir / CONFIDENCE_FILE)
     if holdout and ranks["prompt"].nunique() >= 2:
         try:
             table = holdout_evaluation(ranks, top_r=top_r)
@@ -298,8 +408,13 @@ def check_args(args: Any) -> tuple[CalibrationConfig, Path, Path]:
     return config, heads_dir, out_dir
 
 
-def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: set[str]) -> pd.DataFrame | None:
-    """The ranks already measured with the same heads and settings (restricted to `names`), if any."""
+def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: set[str],
+              probs_path: Path | None = None) -> Measured | None:
+    """The tables already measured with the same heads and settings (restricted to `names`), if any.
+
+    The candidates table comes along when `probs_path` holds one covering every resumed prompt;
+    otherwise `probs` is None and a note says confidence.csv needs `--fresh`.
+    """
     if not (ranks_path.is_file() and meta_path.is_file()):
         return None
     old = read_json(meta_path, "calibration record")
@@ -308,7 +423,17 @@ def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: se
     done = load_ranks(ranks_path)
     done = done[done["prompt"].astype(str).isin(names)]
     print(f"resuming: {done['prompt'].nunique()} prompts already in {display(ranks_path)}", file=sys.stderr)
-    return done
+    probs = None
+    if probs_path is not None and probs_path.is_file():
+        table = load_candidates(probs_path)
+        # The checkpoint writes probabilities before ranks, so a cut-off run leaves extra prompts here only.
+        table = table[table["prompt"].isin(set(done["prompt"].astype(str)))]
+        if set(table["prompt"]) == set(done["prompt"].astype(str)):
+            probs = table.reset_index(drop=True)
+    if probs is None and not done.empty:
+        print(f"note: the resumed ranks have no probabilities in {display(probs_path or ranks_path.parent)}, so "
+              f"{CONFIDENCE_FILE} will not be written (--fresh measures both)", file=sys.stderr)
+    return Measured(done.reset_index(drop=True), probs)
 
 
 def now() -> str:
@@ -320,8 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config, heads_dir, out_dir = check_args(args)
     decode_tree = preset(args.decode_preset)
     ranks_path = out_dir / f"ranks.{args.ranks_format}"
+    probs_path = out_dir / f"probs.{args.ranks_format}"
     if args.derive_only:
-        report(write_tables(load_ranks(ranks_path), out_dir, config.top_r))
+        probs = load_candidates(probs_path) if probs_path.is_file() else None
+        if probs is None:
+            print(f"note: no candidates table {display(probs_path)} (calibrations made before it existed lack it), "
+                  f"so {CONFIDENCE_FILE} is not written; `--fresh` measures it", file=sys.stderr)
+        report(write_tables(load_ranks(ranks_path), out_dir, config.top_r, probs=probs))
         return 0
     apply_threads(args.threads)
     quiet_libraries()
@@ -345,17 +475,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete": False,
         "provenance": Provenance.collect(str(backbone.device), backbone.dtype, args.threads).as_dict(),
     }
-    done = None if args.fresh else resumable(ranks_path, meta_path, meta, {str(n) for n, _ in named})
+    done = None if args.fresh else resumable(ranks_path, meta_path, meta, {str(n) for n, _ in named}, probs_path)
     write_json(meta, meta_path, indent=1)
 
     t0 = time.perf_counter()
-    ranks = collect_ranks(
+    measured = collect_tables(
         backbone, heads, named, config.max_new_tokens, config.top_r, done,
-        on_prompt=lambda table: write_ranks(table, ranks_path), progress=True,
+        on_prompt=lambda m: write_measured(m, ranks_path, probs_path), progress=True,
         decode_tree=decode_tree, batch_size=args.batch_size,
     )
-    write_ranks(ranks, ranks_path)
-    files = write_tables(ranks, out_dir, config.top_r)
+    write_measured(measured, ranks_path, probs_path)
+    ranks = measured.ranks
+    files = write_tables(ranks, out_dir, config.top_r, probs=measured.probs)
     positions = len(ranks) // heads.num_heads
     meta.update({"prompts_done": int(ranks["prompt"].nunique()), "positions": positions,
                  "decode_s": time.perf_counter() - t0, "finished": now(), "complete": True})

@@ -1,12 +1,22 @@
-"""Latency profile of a backbone: verify-forward time by query tokens and context, per device.
+"""Latency profile of a backbone: verify-forward time by query tokens and context, per device and mode.
 
 A tree is only as good as the verify cost it pays. This measures, on the machine at hand, the time
 of one engine verification forward (decoder with a 4D tree-style mask over a static KV cache, plus
-the LM head on the query tokens) for n = 1, 2, 4, ..., 256 query tokens after contexts of
-128/512/1024 tokens: the median of repeats after warm-up. It also measures the machine's memory
-read bandwidth and matrix throughput, so the weights-over-bandwidth floor can be drawn beside it.
+the LM head) for n = 1, 2, 3, ..., 64 query tokens after contexts of 128/512/1024 tokens: the
+median of repeats after warm-up. It also measures the machine's memory read bandwidth and matrix
+throughput, so the weights-over-bandwidth floor can be drawn beside it.
+
+Two modes, one CSV each (`<device>.csv` and `<device>-compiled.csv`):
+- ``eager``: the engine's eager verify (`medusa.decode.verify_function`), the LM head on every row.
+- ``compiled``: the same function compiled as the engine compiles it (`medusa.compiled`: inductor
+  freezing + C++ GEMM on CPU, CUDA graphs on GPU), over a full-width cache of `--bucket` slots
+  (what `DecodeConfig.compile_bucket` gives), the LM head on min(n, 16) rows
+  (`medusa.decode.ALL_ROWS_MAX_NODES`, as the engine does). Each shape compiles once; its compile
+  time is the `compile_s` column (cold: first process on this machine; warm: inductor's on-disk
+  caches already hold it).
 
     python -m bench.latency                      # SmolLM2 on this CPU -> results/_scratch/latency/<device>.csv
+    python -m bench.latency --mode compiled --contexts 384   # -> results/_scratch/latency/<device>-compiled.csv
     python -m bench.latency --device cuda --dtype bfloat16 --contexts 128,512,1024
     python -m bench.latency --threads 1 --out results/latency/cpu-amd-epyc-1t.csv   # refresh the committed one
 
@@ -17,8 +27,10 @@ this device, else the scratch one. Timings are only as good as the machine is id
 line says when the load average shows other processes on the cores.
 
 CSV columns (one row per context x n_query): device_slug, backbone, context, n_query, median_s,
-p10_s, p90_s, decoder_s, lm_head_s, repeats, weight_bytes, mem_bandwidth_gbs, matmul_gflops,
-floor_s (weights / bandwidth), then the provenance columns of `common.provenance.Provenance`
+p10_s, p90_s, decoder_s, lm_head_s (eager mode; NaN compiled, where the two run as one graph),
+repeats, weight_bytes, mem_bandwidth_gbs, matmul_gflops, floor_s (weights / bandwidth),
+compute_floor_s (the forward's matmul FLOPs / matmul_gflops), roofline_s (the larger floor), mode,
+lm_rows, compile_s, load_start, load_end (1-minute load average around the measurement), then the provenance columns of `common.provenance.Provenance`
 (commit, date, device_name, torch_version, transformers_version, threads, dtype). Profiles written
 before that schema (columns device, torch, transformers) are read through `upgrade_columns`.
 """
@@ -31,6 +43,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,24 +64,36 @@ from common.io import display, write_csv
 from common.paths import SCRATCH_LATENCY
 from common.provenance import PROVENANCE_COLUMNS, Provenance, device_slug
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
-from medusa.decode import cache_kwarg
+from medusa.compiled import Compiled
+from medusa.decode import ALL_ROWS_MAX_NODES, cache_kwarg, verify_function
 from medusa.kv_cache import StaticKV
 from medusa.tree_attention import causal_mask
-from trees.cost import load_table
+from trees.cost import MODES, load_table, profile_name
 
 MEASURED_COLUMNS = [
     "device_slug", "backbone", "context", "n_query", "median_s", "p10_s", "p90_s", "decoder_s", "lm_head_s",
-    "repeats", "weight_bytes", "mem_bandwidth_gbs", "matmul_gflops", "floor_s",
+    "repeats", "weight_bytes", "mem_bandwidth_gbs", "matmul_gflops", "floor_s", "compute_floor_s", "roofline_s",
+    "mode", "lm_rows", "compile_s", "load_start", "load_end",
 ]
+
 COLUMNS = MEASURED_COLUMNS + list(PROVENANCE_COLUMNS)
 
 
 @dataclass(frozen=True)
 class LatencyConfig:
     contexts: tuple[int, ...] = (128, 512, 1024)
-    n_queries: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    n_queries: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
     repeats: int = 7
     warmup: int = 2
+    mode: str = "eager"
+    bucket: int = 512  # compiled mode: cache slots every forward attends over (DecodeConfig.compile_bucket)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise WorkbenchError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "compiled" and max(self.contexts) + max(self.n_queries) > self.bucket:
+            raise WorkbenchError(f"compiled mode: context {max(self.contexts)} + {max(self.n_queries)} queries "
+                                 f"exceeds the cache bucket of {self.bucket} slots (--bucket)")
 
 
 def _sync(device: torch.device) -> None:
@@ -105,75 +130,121 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int = 1024, repe
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _time_verify(backbone: Backbone, cache: StaticKV, ctx: int, n: int, config: LatencyConfig,
-                 gen: torch.Generator) -> tuple[list[float], list[float], list[float]]:
-    """Times (decoder, LM head, total) of repeated n-token verify forwards after `ctx` cached tokens."""
-    model, device, dtype = backbone.model, backbone.device, backbone.dtype
-    decoder, lm_head = model.base_model, model.get_output_embeddings()
-    arg = cache_kwarg(decoder)
+def _time_verify(backbone: Backbone, verify: Any, cache: StaticKV, ctx: int, n: int, rows: int,
+                 config: LatencyConfig, gen: torch.Generator) -> tuple[list[float], float]:
+    """Times of repeated n-token verify forwards after `ctx` cached tokens, and the first call's time."""
+    device, dtype = backbone.device, backbone.dtype
     ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
     pos = torch.arange(ctx, ctx + n, device=device)[None]
     # A causal block stands in for the tree mask: same shape, same cost.
-    full = torch.zeros(1, 1, n, ctx + n, dtype=dtype, device=device)
-    full[..., ctx:] = causal_mask(n, n, dtype, device)
-    dec_t, head_t, tot_t = [], [], []
-    for r in range(config.warmup + config.repeats):
-        cache.length = ctx
+    mask = torch.full((1, 1, n, cache.mask_width(n)), torch.finfo(dtype).min, dtype=dtype, device=device)
+    mask[..., :ctx] = 0.0
+    mask[..., ctx: ctx + n] = causal_mask(n, n, dtype, device)
+    row_ids = torch.arange(rows, device=device)
+    times, first = [], float("nan")
+    for r in range(config.warmup + config.repeats + 1):
+        cache.keep(ctx, torch.arange(0, device=device))  # back to `ctx` committed tokens
         _sync(device)
         t0 = time.perf_counter()
-        h = decoder(input_ids=ids, position_ids=pos, attention_mask=full, use_cache=True,
-                    **{arg: cache.hf_cache}).last_hidden_state
+        verify(ids, pos, mask, cache.hf_cache, row_ids)
+        _sync(device)
+        if r == 0:
+            first = time.perf_counter() - t0
+        elif r > config.warmup:
+            times.append(time.perf_counter() - t0)
+    cache.keep(ctx, torch.arange(0, device=device))
+    return times, first
+
+
+def _time_parts(backbone: Backbone, cache: StaticKV, ctx: int, n: int, config: LatencyConfig,
+                gen: torch.Generator) -> tuple[float, float]:
+    """Eager only: median times of the decoder alone and of the LM head alone on n rows."""
+    model, device = backbone.model, backbone.device
+    decoder, lm_head = model.base_model, model.get_output_embeddings()
+    ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
+    mask = torch.zeros(1, 1, n, cache.mask_width(n), dtype=backbone.dtype, device=device)
+    mask[..., ctx:] = causal_mask(n, n, backbone.dtype, device)
+    dec_t, head_t = [], []
+    for r in range(config.warmup + config.repeats):
+        cache.keep(ctx, torch.arange(0, device=device))
+        _sync(device)
+        t0 = time.perf_counter()
+        h = decoder(input_ids=ids, position_ids=torch.arange(ctx, ctx + n, device=device)[None], attention_mask=mask,
+                    use_cache=True, **{cache_kwarg(decoder): cache.hf_cache}).last_hidden_state
         _sync(device)
         t1 = time.perf_counter()
         lm_head(h[0])
         _sync(device)
-        t2 = time.perf_counter()
         if r >= config.warmup:
             dec_t.append(t1 - t0)
-            head_t.append(t2 - t1)
-            tot_t.append(t2 - t0)
-    cache.length = ctx
-    return dec_t, head_t, tot_t
+            head_t.append(time.perf_counter() - t1)
+    cache.keep(ctx, torch.arange(0, device=device))
+    return statistics.median(dec_t), statistics.median(head_t)
 
 
-def _prefill_context(backbone: Backbone, ctx: int, capacity: int, gen: torch.Generator) -> StaticKV:
+def _prefill_context(backbone: Backbone, ctx: int, capacity: int, full_width: bool, gen: torch.Generator) -> StaticKV:
     """A static cache holding `ctx` random prompt tokens."""
     model, device = backbone.model, backbone.device
-    cache = StaticKV(int(model.config.num_hidden_layers), capacity)
+    cache = StaticKV(int(model.config.num_hidden_layers), capacity, full_width=full_width, device=device)
     prompt = torch.randint(0, backbone.vocab_size, (1, ctx), generator=gen).to(device)
     model.base_model(input_ids=prompt, position_ids=torch.arange(ctx, device=device)[None],
-                     attention_mask=causal_mask(ctx, ctx, backbone.dtype, device), use_cache=True,
+                     attention_mask=causal_mask(ctx, cache.mask_width(ctx), backbone.dtype, device), use_cache=True,
                      **{cache_kwarg(model.base_model): cache.hf_cache})
     cache.advance(ctx)
     return cache
+
+
+def forward_flops(backbone: Backbone, n: int, lm_rows: int) -> float:
+    """Matmul FLOPs of one n-token forward: 2 x (body weights x n + LM-head weights x lm_rows)."""
+    lm_head = backbone.model.get_output_embeddings()
+    lm_params = lm_head.weight.numel()
+    embed = backbone.model.get_input_embeddings().weight
+    body = sum(p.numel() for p in backbone.model.parameters()) - lm_params
+    if embed.data_ptr() != lm_head.weight.data_ptr():
+        body -= embed.numel()  # a lookup, not a matmul
+    return 2.0 * (body * n + lm_params * lm_rows)
 
 
 @torch.inference_mode()
 def profile_backbone(backbone: Backbone, config: LatencyConfig, progress: bool = True) -> pd.DataFrame:
     """Measure verify-forward times; returns the tidy table (see module docstring)."""
     device = backbone.device
+    compiled = config.mode == "compiled"
     if max(config.contexts) + max(config.n_queries) > backbone.max_positions:
         raise WorkbenchError(f"context {max(config.contexts)} + {max(config.n_queries)} queries exceeds the model's {backbone.max_positions} positions")
     weight_bytes = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     bandwidth = measure_bandwidth(device)
-    machine = {"weight_bytes": weight_bytes, "mem_bandwidth_gbs": bandwidth,
-               "matmul_gflops": measure_matmul(device, backbone.dtype), "floor_s": weight_bytes / (bandwidth * 1e9)}
+    matmul = measure_matmul(device, backbone.dtype)
+    machine = {"weight_bytes": weight_bytes, "mem_bandwidth_gbs": bandwidth, "matmul_gflops": matmul,
+               "floor_s": weight_bytes / (bandwidth * 1e9), "mode": config.mode, "repeats": config.repeats}
     prov = Provenance.collect(str(device), backbone.dtype).as_dict()
+    verify = verify_function(backbone)
+    if compiled:
+        verify = backbone.compiled("verify", lambda: Compiled(verify, "verify", device))
     gen = torch.Generator().manual_seed(0)
     rows = []
     total = len(config.contexts) * len(config.n_queries)
     for ctx in config.contexts:
-        cache = _prefill_context(backbone, ctx, ctx + max(config.n_queries), gen)
+        capacity = config.bucket if compiled else ctx + max(config.n_queries)
+        cache = _prefill_context(backbone, ctx, capacity, compiled, gen)
         for n in config.n_queries:
-            dec_t, head_t, tot_t = _time_verify(backbone, cache, ctx, n, config, gen)
+            lm_rows = min(n, ALL_ROWS_MAX_NODES) if compiled else n
+            load_start = load_average()
+            times, first = _time_verify(backbone, verify, cache, ctx, n, lm_rows, config, gen)
+            dec_s, head_s = (float("nan"), float("nan")) if compiled else _time_parts(backbone, cache, ctx, n, config, gen)
+            median = statistics.median(times)
+            compute_floor = forward_flops(backbone, n, lm_rows) / (matmul * 1e9)
             rows.append({
                 "device_slug": device_slug(str(device)), "backbone": backbone.name, "context": ctx, "n_query": n,
-                "median_s": statistics.median(tot_t), "p10_s": float(np.percentile(tot_t, 10)),
-                "p90_s": float(np.percentile(tot_t, 90)), "decoder_s": statistics.median(dec_t),
-                "lm_head_s": statistics.median(head_t), "repeats": config.repeats, **machine, **prov,
+                "median_s": median, "p10_s": float(np.percentile(times, 10)),
+                "p90_s": float(np.percentile(times, 90)), "decoder_s": dec_s, "lm_head_s": head_s,
+                "compute_floor_s": compute_floor, "roofline_s": max(compute_floor, machine["floor_s"]),
+                "lm_rows": lm_rows, "compile_s": max(first - median, 0.0) if compiled else float("nan"),
+                "load_start": load_start, "load_end": load_average(), **machine, **prov,
             })
             if progress:
-                print(f"  context {ctx:5d}  n_query {n:4d}  {statistics.median(tot_t) * 1e3:8.2f} ms  ({len(rows)}/{total})",
+                extra = f"  (first call {first:.1f} s)" if compiled else ""
+                print(f"  {config.mode} context {ctx:5d}  n_query {n:4d}  {median * 1e3:8.2f} ms{extra}  ({len(rows)}/{total})",
                       file=sys.stderr)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -207,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-queries", default=",".join(map(str, d.n_queries)))
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--mode", default=d.mode, choices=MODES,
+                   help="eager, or compiled as the engine compiles its verify (one CSV per mode)")
+    p.add_argument("--bucket", type=int, default=d.bucket, help="compiled mode: cache slots (DecodeConfig.compile_bucket)")
     add_threads(p)
     p.add_argument("--out", default=None,
                    help=f"CSV path (default {display(SCRATCH_LATENCY)}/<device>.csv; results/latency/... refreshes a committed profile)")
@@ -215,17 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         raise WorkbenchError("--repeats must be >= 1")
     config = LatencyConfig(positive_ints(args.contexts, "--contexts"), positive_ints(args.n_queries, "--n-queries"),
-                           args.repeats, args.warmup)
-    out = Path(args.out) if args.out else SCRATCH_LATENCY / f"{device_slug(args.device)}.csv"
+                           args.repeats, args.warmup, args.mode, args.bucket)
+    out = Path(args.out) if args.out else SCRATCH_LATENCY / profile_name(args.device, args.mode)
     backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
     df = profile_backbone(backbone, config)
     write_profile(df, out)
     ctx = sorted(df["context"].unique())[len(df["context"].unique()) // 2]
     sub = df[df["context"] == ctx]
-    print(f"wrote {display(out)}: {len(df)} rows; floor (weights/bandwidth) {df['floor_s'].iloc[0] * 1e3:.1f} ms, "
+    print(f"wrote {display(out)}: {len(df)} rows ({config.mode}); floor (weights/bandwidth) {df['floor_s'].iloc[0] * 1e3:.1f} ms, "
           f"bandwidth {df['mem_bandwidth_gbs'].iloc[0]:.1f} GB/s, matmul {df['matmul_gflops'].iloc[0]:.0f} GFLOP/s")
+    t1 = float(sub["median_s"].iloc[0])
     for _, r in sub.iterrows():
-        print(f"  context {int(r.context):5d}  n_query {int(r.n_query):4d}  {r.median_s * 1e3:8.2f} ms")
+        print(f"  context {int(r.context):5d}  n_query {int(r.n_query):4d}  {r.median_s * 1e3:8.2f} ms  "
+              f"T(n)/T({int(sub['n_query'].iloc[0])}) {r.median_s / t1:5.2f}  roofline {r.roofline_s * 1e3:7.2f} ms")
     warn_if_busy(load)
     return 0
 

@@ -56,7 +56,7 @@ def migrate_records(run_dir: Path) -> bool:
     records, run_json = run_dir / R.RECORDS_FILE, run_dir / R.RUN_FILE
     with open(records, encoding="utf-8", newline="") as f:
         header = tuple(f.readline().strip().split(","))
-    old_records = header == R.V1_COLUMNS
+    old_records = R.records_schema(header) == "v1"
     raw_info = read_json(run_json, "run settings") if run_json.is_file() else {}
     old_info = isinstance(raw_info, dict) and int(raw_info.get("schema_version", 1)) < R.SCHEMA_VERSION
     if not (old_records or old_info):

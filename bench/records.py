@@ -33,6 +33,9 @@ else (binary data, a short row) is one `error:` line naming the file and line (`
 ``method_options``, and in run.json's identity as ``method_options`` (method -> options). v1 had a
 ``pld_tokens`` column and ``pld_tokens``/``pld_max_ngram`` identity keys; `read_records_csv` and
 `read_run_json`, the only readers, upgrade v1 on read, and `bench.migrate` rewrites v1 folders once.
+Measurement columns added to v2 later (`LATER_COLUMNS`: ``load_start``/``load_end``, the 1-minute
+load average just before and after each timed call, `bench.run`) may be missing from a file
+written before them: they read as NaN (unknown), and a resumed run writes them from then on.
 
 Analysis code reads runs through `load_run` (records as a pandas DataFrame, tokens by key).
 """
@@ -123,6 +126,9 @@ class Record:
     # quality under the backbone at the run's temperature (computed after the timer stops)
     loglik_per_token: float  # mean log p_T(token | prefix)
     argmax_agreement: float  # share of tokens equal to the backbone's argmax given their prefix
+    # the machine: 1-minute load average just before and just after the timed call (`LOAD_COLUMNS`)
+    load_start: float
+    load_end: float
     # provenance
     commit: str
     date: str
@@ -138,10 +144,14 @@ class Record:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Record))
+# v2 columns added after the first v2 files were written: a file without them is still v2, and
+# they read as NaN (unknown) there. Only measurements may be added this way, never a setting.
+LOAD_COLUMNS: tuple[str, ...] = ("load_start", "load_end")
+LATER_COLUMNS: frozenset[str] = frozenset(LOAD_COLUMNS)
 # Columns that change from one execution to the next even with identical outputs.
 MACHINE_COLUMNS: frozenset[str] = frozenset({
     "wall_s", "tokens_per_s", "prefill_s", "heads_s", "verify_s", "bookkeeping_s",
-    "commit", "date", "device_name", "torch_version", "transformers_version", "threads",
+    "commit", "date", "device_name", "torch_version", "transformers_version", "threads", *LOAD_COLUMNS,
 })
 _INT_COLUMNS = {f.name for f in fields(Record) if f.type in ("int",)}
 _BOOL_COLUMNS = {f.name for f in fields(Record) if f.type in ("bool",)}
@@ -200,11 +210,29 @@ def records_csv_text(rows: Sequence[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({c: _cell(row[c]) for c in COLUMNS})
+        # A row made before a later column existed (`LATER_COLUMNS`) leaves it empty, as the reader does.
+        writer.writerow({c: _cell(row.get(c) if c in LATER_COLUMNS else row[c]) for c in COLUMNS})
     return buf.getvalue()
 
 
-V1_COLUMNS: tuple[str, ...] = v1_columns(COLUMNS)
+_FIRST_V2_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in LATER_COLUMNS)
+V1_COLUMNS: tuple[str, ...] = v1_columns(_FIRST_V2_COLUMNS)
+
+
+def records_schema(columns: Sequence[str]) -> str | None:
+    """`"v2"` or `"v1"` for a records.csv header (`LATER_COLUMNS` present or not), else None.
+
+    The one test of a header's schema (readers here, `bench.migrate`): v1 files never had the
+    later columns, but a v1 header with them is read as v1 all the same.
+    """
+    core = tuple(c for c in columns if c not in LATER_COLUMNS)
+    if len(set(columns)) != len(columns):
+        return None
+    if core == _FIRST_V2_COLUMNS:
+        return "v2"
+    if core == V1_COLUMNS:
+        return "v1"
+    return None
 
 
 def _damaged(path: Path, where: str) -> WorkbenchError:
@@ -248,11 +276,13 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
         raise _damaged(path, f"binary data on line {line}") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     columns = tuple(reader.fieldnames or ())
+    schema = records_schema(columns)
     v1_max_ngram = None  # set for a v1 file: its rows are upgraded with the run's hf-pld max_ngram
-    if columns == V1_COLUMNS:
+    absent = {c: "" for c in LATER_COLUMNS if c not in columns}  # columns older files lack: NaN
+    if schema == "v1":
         identity = (read_run_json(path.parent) or {}).get("identity") or {}
         v1_max_ngram = v1_pld_max_ngram(identity)
-    elif columns == COLUMNS:
+    elif schema == "v2":
         pass
     elif not columns and tail.strip():
         raise _damaged(path, "its header line is cut off or unreadable")
@@ -265,6 +295,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], str | None]:
                 cells = sum(v is not None for k, v in raw.items() if k is not None) + len(raw.get(None) or ())
                 raise ValueError(f"{cells} cells, the header has {len(columns)}")
             row = raw if v1_max_ngram is None else upgrade_v1_row(raw, v1_max_ngram)
+            row = {**absent, **row}
             rows.append({c: _parse(c, row[c]) for c in COLUMNS})
         except (KeyError, TypeError, ValueError) as e:
             raise _damaged(path, f"line {reader.line_num} cannot be read: {e}") from None

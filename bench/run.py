@@ -24,7 +24,9 @@ the methods run one after another (their order rotated from prompt to prompt) so
 machine hits all alike. The timer wraps the method's generate call only: tokenisation, detokenising
 and the quality scores (log-likelihood of the answer under the backbone at `--temperature`, share
 of argmax tokens) happen outside it. Thread count, dtype and device are fixed for the whole run and
-recorded on every row with the commit, date, device name and library versions. `--threads`
+recorded on every row with the commit, date, device name and library versions, and so is the
+1-minute load average just before and after the timed call (`load_start`, `load_end`; read outside
+the timer), which `bench.summarize` flags when it tops the thread count. `--threads`
 defaults to torch's own choice (all cores); one `warning:` line before the first timed record says
 when the load average shows other processes sharing the cores.
 
@@ -113,13 +115,15 @@ class Job:
 
 @dataclass(frozen=True)
 class Measurement:
-    """What one timed generate call gave: the counted new ids and the seconds it took."""
+    """What one timed generate call gave: the counted new ids, the seconds it took, the load around it."""
 
     prompt_ids: list[int]
     ids: list[int]
     output: MethodOutput
     wall_s: float
     seed: int
+    load_start: float  # 1-minute load average just before the call (NaN where the platform has none)
+    load_end: float  # ... and just after it
 
 
 def record_seed(seed: int, question_id: str, turn: int, repeat: int) -> int:
@@ -247,12 +251,20 @@ def _measure(job: Job, method: Method, backbone: Backbone, store: R.RecordStore,
     prompt_ids = backbone.chat_ids(_messages(job.prompt, job.turn, previous))
     seed = record_seed(config.seed, job.prompt.id, job.turn, job.repeat)
     _sync(backbone)
+    load_start = _load()  # outside the timer: a read of /proc/loadavg
     t0 = time.perf_counter()
     out = method.generate(prompt_ids, config.max_new_tokens, seed)
     _sync(backbone)
     wall_s = time.perf_counter() - t0
+    load_end = _load()
     ids = R.count_new_tokens(out.new_ids, backbone.eos_token_ids, config.max_new_tokens)
-    return Measurement(list(prompt_ids), ids, out, wall_s, seed)
+    return Measurement(list(prompt_ids), ids, out, wall_s, seed, load_start, load_end)
+
+
+def _load() -> float:
+    """The 1-minute load average now (this run's own threads included), NaN where there is none."""
+    load = load_average()
+    return float("nan") if load is None else load
 
 
 def _engine_columns(steps: list[StepStats] | None) -> dict[str, float]:
@@ -287,6 +299,7 @@ def _make_record(config: BenchConfig, backbone: Backbone, job: Job, method: Meth
         tokens_per_s=len(m.ids) / m.wall_s if m.wall_s > 0 else float("nan"),
         stop_reason="eos" if m.ids and m.ids[-1] in set(backbone.eos_token_ids) else "length",
         prefill_s=m.output.prefill_s, loglik_per_token=loglik, argmax_agreement=agree,
+        load_start=m.load_start, load_end=m.load_end,
         **_engine_columns(steps), **provenance.as_dict(),
     )
     tokens = R.Tokens(

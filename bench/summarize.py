@@ -24,10 +24,17 @@ over units (paired: a resample draws the same units for a method and its baselin
   bigrams / bigrams), ``repetition_rate`` (share of 4-grams repeating an earlier 4-gram of the same
   answer) and ``answer_tokens``.
 
+- the machine, from each record's 1-minute load average just before and after its timed call
+  (``load_start``/``load_end``, `bench.records`): ``max_load`` (the highest of either over the
+  method's records) and ``overloaded`` (how many records had a load above their run's thread count
+  plus `LOAD_MARGIN`: other processes were running beside the timed threads); ``n`` counts the
+  records with a load. Records written before the load was kept have none, and get neither metric.
+
 The Markdown names how each method decodes, from its records (`decoding`: ``greedy``, or ``T=0.7``
 with typical acceptance's eps and delta when it has them), and the temperature the quality scores
 use; a run of greedy methods only never reads as sampled. An interval over fewer than
-`MIN_BOOTSTRAP_N` prompt turns gets one warning line (in the Markdown and, from the CLI, on stderr).
+`MIN_BOOTSTRAP_N` prompt turns gets one warning line, and so do overloaded records
+(`overload_warning`), in the Markdown and, from the CLI, on stderr.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ import pandas as pd
 
 from bench import records as R
 from bench.quality import SAMPLING_REFERENCE, sampling_rows
-from common.cli import Parser, run_cli
+from common.cli import BUSY_MARGIN, Parser, run_cli
 from common.errors import WorkbenchError
 from common.io import atomic_write, write_csv
 
@@ -60,6 +67,10 @@ QUALITY_TITLES = {"loglik_per_token": "log-lik/token at T", "argmax_agreement": 
                   "greedy_prefix": "greedy prefix", "distinct_2": "distinct-2", "repetition_rate": "repetition",
                   "answer_tokens": "answer tokens"}
 QUALITY_DIGITS = {"greedy_prefix": 1, "answer_tokens": 1}
+# A record is overloaded when its load average tops its thread count by more than an idle
+# machine's background (0.1-0.3): the timed threads then shared the cores with other processes.
+LOAD_MARGIN = BUSY_MARGIN
+MAX_LOAD, OVERLOADED = "max_load", "overloaded"
 
 
 def speedup_metric(base: str, kind: str = "mean") -> str:
@@ -151,6 +162,16 @@ def add_token_metrics(frame: pd.DataFrame, tokens: dict) -> tuple[pd.DataFrame, 
     return frame, pd.DataFrame(rows, columns=cols)
 
 
+def record_load(frame: pd.DataFrame) -> pd.Series:
+    """Each record's highest load average around its timed call (NaN where none was recorded)."""
+    return frame[list(R.LOAD_COLUMNS)].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=True)
+
+
+def overloaded(frame: pd.DataFrame) -> pd.Series:
+    """Per record: its load topped its thread count by more than `LOAD_MARGIN` (False where unknown)."""
+    return record_load(frame) > pd.to_numeric(frame["threads"], errors="coerce") + LOAD_MARGIN
+
+
 def _units(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (method, question_id, turn): summed tokens, seconds, steps, accepted; mean quality metrics."""
     agg: dict[str, Any] = {"category": "first", "new_tokens": "sum", "wall_s": "sum", "steps": "sum",
@@ -179,6 +200,11 @@ def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, se
             tok, wall = mu["new_tokens"].to_numpy(float), mu["wall_s"].to_numpy(float)
             recs = frame[(frame["method"] == method) & ((frame["category"] == category) | (category == ALL))]
             emit(method, category, "records", float(len(recs)), np.nan, np.nan, n)
+            load = record_load(recs)
+            if load.notna().any():
+                emit(method, category, MAX_LOAD, float(load.max()), np.nan, np.nan, int(load.notna().sum()))
+                emit(method, category, OVERLOADED, float(overloaded(recs).sum()), np.nan, np.nan,
+                     int(load.notna().sum()))
             emit(method, category, "tokens_per_s", *bootstrap(_ratio_of_sums, [tok, wall], resamples, seed), n)
             for base in BASELINES:
                 if base == method or base not in methods:
@@ -253,6 +279,22 @@ def tiny_n_warning(summary: pd.DataFrame, min_n: int = MIN_BOOTSTRAP_N) -> str |
             "read them as rough, not as 95% intervals")
 
 
+def overload_warning(summary: pd.DataFrame) -> str | None:
+    """One line naming the methods with overloaded records (category all), else None."""
+    rows = summary[(summary["metric"] == OVERLOADED) & (summary["category"].astype(str) == ALL)]
+    rows = rows[rows["value"].astype(float) > 0]
+    if rows.empty:
+        return None
+    loads = summary[(summary["metric"] == MAX_LOAD) & (summary["category"].astype(str) == ALL)]
+    peak = dict(zip(loads["method"], loads["value"].astype(float)))
+    per = ", ".join(f"{r.method} {int(r.value)} of {int(r.n)} (load up to {peak.get(r.method, np.nan):.2f})"
+                    for r in rows.itertuples(index=False))
+    k = int(rows["value"].sum())
+    return (f"warning: {k} record{'s' if k != 1 else ''} ran with the load average above their thread count "
+            f"(+{LOAD_MARGIN:g}): {per}; other processes shared the cores, so those timings are slower and "
+            "noisier: measure them again on an idle machine")
+
+
 def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str, Any],
              methods_decoding: dict[str, str] | None = None) -> str:
     """The summary as Markdown tables (speed and losslessness per method and category; quality).
@@ -268,14 +310,14 @@ def markdown(summary: pd.DataFrame, mismatches: pd.DataFrame, run_info: dict[str
     tree = ident.get("tree") or {}
     methods_decoding = methods_decoding or {}
     score_t = ident.get("temperature")
-    warning = tiny_n_warning(summary)
+    warnings = [w for w in (tiny_n_warning(summary), overload_warning(summary)) if w]
     lines = [f"# Benchmark {run_info.get('name', '')}".rstrip(), "",
              f"prompts {ident.get('prompts', '?')}, backbone {ident.get('backbone', '?')}, heads {ident.get('heads') or '-'}, "
              f"tree {tree.get('name', '-')} (budget {tree.get('node_budget', '-')}), max new tokens "
              f"{ident.get('max_new_tokens', '?')}, {ident.get('device', '?')} {ident.get('dtype', '')} x{ident.get('threads', '?')} threads", ""]
     if methods_decoding:
         lines += ["Decoding: " + "; ".join(f"{m} {d}" for m, d in methods_decoding.items()) + ".", ""]
-    if warning:
+    for warning in warnings:
         lines += [f"**{warning}**", ""]
     lines += ["Speed: value [95% bootstrap interval over prompts]; speedups as mean of per-prompt ratios and ratio of totals.", "",
              "| method | category | n | tokens/s | "
@@ -342,9 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise WorkbenchError(f"run folder not found: {a.run}")
     summary, _, text = summarize_run(a.run, a.bootstrap, a.seed)
     print(text, end="")
-    warning = tiny_n_warning(summary)
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (tiny_n_warning(summary), overload_warning(summary)):
+        if warning:
+            print(warning, file=sys.stderr)
     return 0
 
 

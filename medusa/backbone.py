@@ -20,7 +20,7 @@ import importlib.metadata
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +83,14 @@ class Backbone:
     model: Any
     tokenizer: Any
     name: str
-    _compiled: Any = field(default=None, repr=False, compare=False)
+    _compiled: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def compiled_decoder(self) -> Any:
-        """The transformer body under `torch.compile` (built on first use, kept on this wrapper)."""
-        if self._compiled is None:
-            self._compiled = torch.compile(self.model.base_model, dynamic=False)
-        return self._compiled
+    def compiled(self, key: str, build: Callable[[], Any]) -> Any:
+        """The compiled forward named `key`, built by `build()` on first use and kept on this wrapper
+        (not on the model), so every request of a process reuses one compilation."""
+        if key not in self._compiled:
+            self._compiled[key] = build()
+        return self._compiled[key]
 
     @property
     def config(self) -> Any:

@@ -42,6 +42,7 @@ import torch
 from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig, accept, next_token
 from medusa.backbone import Backbone
+from medusa.compiled import Compiled
 from medusa.kv_cache import KVCache, make_cache
 from medusa.tree_attention import (
     MaskLayout,
@@ -74,8 +75,10 @@ class DecodeConfig:
     stop_on_eos: bool = True
     # "dynamic": transformers DynamicCache compacted in place; "static": preallocated buffers.
     cache: str = "static"
-    # torch.compile the verify forward. Shapes are then fixed per tree: the static cache spans a
-    # whole `compile_bucket` multiple and every step attends over it (the mask hides the tail).
+    # Compile the verify forward (medusa.compiled: inductor freezing + C++ GEMM on CPU, CUDA graphs
+    # on GPU). Shapes are then fixed per tree: the static cache spans a whole `compile_bucket`
+    # multiple and every step attends over all of it (the mask hides the tail), so a tree compiles
+    # once per bucket its requests need.
     compile: bool = False
     compile_bucket: int = 512
     # Synchronise the device at phase boundaries so heads/verify/bookkeeping times are exact;
@@ -161,14 +164,41 @@ def check_request(
         )
 
 
+# A compiled verify computes logits for every node of trees up to this size: a few more rows of the
+# LM head cost almost nothing next to reading its weights, and a kept leaf then needs no extra LM-head
+# call. Larger trees (and the eager path, whose kernels pay per row) compute internal nodes only.
+ALL_ROWS_MAX_NODES = 16
+
+
+def verify_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The verify forward as one function (compiled or not, the same code).
+
+    (ids (1, N), positions (1, N), mask (1, 1, N, W) or {layer type: mask}, HF cache, rows (R,))
+    -> node hidden states (N, H), LM-head logits of the nodes in `rows` (R, V)
+    """
+    decoder, lm_head = backbone.model.base_model, backbone.model.get_output_embeddings()
+    arg = cache_kwarg(decoder)
+
+    def verify(ids: torch.Tensor, positions: torch.Tensor, mask: Any, hf_cache: Any,
+               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{arg: hf_cache})
+        hidden = out.last_hidden_state[0]  # (N, H)
+        return hidden, lm_head(hidden[rows])  # (R, V)
+
+    return verify
+
+
 @dataclass(frozen=True)
 class _Parts:
     """What every phase of one request uses: model parts, tree buffers, settings (no state)."""
 
-    decoder: torch.nn.Module  # transformer body -> last (post-norm) hidden states
-    verify_fn: Callable[..., Any]  # the body, or its compiled version
-    lm_head: torch.nn.Module
+    decoder: torch.nn.Module  # transformer body -> last (post-norm) hidden states (prefill)
+    verify_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # `verify_function`, maybe compiled
+    lm_head: torch.nn.Module  # the prefill's one row
+    row_logits: Callable[[torch.Tensor], torch.Tensor]  # LM head for a kept node outside `rows`, maybe compiled
     buffers: TreeBuffers
+    rows: torch.Tensor  # (R,) nodes whose logits the verify computes: internal nodes, or all nodes
+    row_of: torch.Tensor  # (N,) node -> its row in the verify's logits, -1 when not computed
     layout: MaskLayout  # which layers slide, so the masks carry the window (tree_attention.mask_layout)
     cache_arg: str
     dtype: torch.dtype
@@ -198,28 +228,27 @@ def _candidates(p: _Parts, heads: Proposer | None, hidden: torch.Tensor, tokens:
 
 
 def _verify(p: _Parts, cache: KVCache, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of internal nodes (M, V), past."""
+    """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of `rows` (R, V), past."""
     past, n_nodes = cache.length, p.buffers.num_nodes
-    out = p.verify_fn(input_ids=candidates[None], position_ids=(past + p.buffers.depth)[None],
-                      attention_mask=verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes), p.layout),
-                      use_cache=True, **{p.cache_arg: cache.hf_cache})
+    mask = verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes), p.layout)
+    node_hidden, row_logits = p.verify_fn(candidates[None], (past + p.buffers.depth)[None], mask, cache.hf_cache, p.rows)
     cache.advance(n_nodes)
-    node_hidden = out.last_hidden_state[0]  # (N, H)
-    return node_hidden, p.lm_head(node_hidden[p.buffers.internal]), past  # logits only where nodes have children
+    return node_hidden, row_logits, past
 
 
 def _update(p: _Parts, cache: KVCache, candidates: torch.Tensor, node_hidden: torch.Tensor,
-            internal_logits: torch.Tensor, past: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, int]:
+            row_logits: torch.Tensor, past: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, int]:
     """Accept a path under the rule, then emit its tokens + the model's next root, compact the cache.
 
     Returns (new tokens, hidden state of the last kept node (H,), next root).
     """
+    internal_logits = row_logits if p.rows is p.buffers.internal else row_logits[p.row_of[p.buffers.internal]]
     kept = accept(candidates, internal_logits, p.buffers, p.config.acceptance, gen)
     last = kept.last
     root = kept.next_token  # rule sample drew it from the last node's residual
     if root is None:  # the base model's own token after the kept path
-        row = (p.buffers.internal == last).nonzero()
-        last_logits = internal_logits[int(row[0, 0])] if row.numel() else p.lm_head(node_hidden[last])
+        row = int(p.row_of[last])
+        last_logits = row_logits[row] if row >= 0 else p.row_logits(node_hidden[last][None])[0]
         root = next_token(last_logits, p.config.acceptance, gen)
     cache.keep(past, kept.nodes)
     return candidates[kept.nodes[1:]].tolist() + [root], node_hidden[last], root
@@ -236,9 +265,19 @@ def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list
 
 def _parts(backbone: Backbone, buffers: TreeBuffers, config: DecodeConfig) -> _Parts:
     decoder = backbone.model.base_model
-    return _Parts(decoder=decoder, verify_fn=backbone.compiled_decoder() if config.compile else decoder,
-                  lm_head=backbone.model.get_output_embeddings(), buffers=buffers,
-                  layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
+    lm_head = backbone.model.get_output_embeddings()
+    n = buffers.num_nodes
+    all_rows = config.compile and n <= ALL_ROWS_MAX_NODES
+    rows = torch.arange(n, device=backbone.device) if all_rows else buffers.internal
+    row_of = torch.full((n,), -1, dtype=torch.long, device=backbone.device)
+    row_of[rows] = torch.arange(rows.shape[0], device=backbone.device)
+    if config.compile:
+        verify_fn = backbone.compiled("verify", lambda: Compiled(verify_function(backbone), "verify", backbone.device))
+        row_fn = backbone.compiled("lm_head", lambda: Compiled(lm_head, "LM head", backbone.device))
+    else:
+        verify_fn, row_fn = verify_function(backbone), lm_head
+    return _Parts(decoder=decoder, verify_fn=verify_fn, lm_head=lm_head, row_logits=row_fn, buffers=buffers,
+                  rows=rows, row_of=row_of, layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
                   dtype=backbone.dtype, device=backbone.device, config=config)
 
 
@@ -284,10 +323,10 @@ def generate(
         candidates = _candidates(p, heads, hidden, tokens_so_far, root)
         sync(p.device)
         t1 = time.perf_counter()
-        node_hidden, internal_logits, past = _verify(p, cache, candidates)
+        node_hidden, row_logits, past = _verify(p, cache, candidates)
         sync(p.device)
         t2 = time.perf_counter()
-        new, hidden, root = _update(p, cache, candidates, node_hidden, internal_logits, past, gen)
+        new, hidden, root = _update(p, cache, candidates, node_hidden, row_logits, past, gen)
         output.extend(new)
         tokens_so_far.extend(new)
         steps.append(StepStats(len(new), t1 - t0, t2 - t1, time.perf_counter() - t2))

@@ -4,7 +4,10 @@ Medusa heads should predict what *this* backbone will say, so their training tex
 backbone's own answers (the paper's self-distillation recipe): greedy by default, or sampled with
 ``--temperature`` (seeded). Prompts come from `medusa.data` (a named source and split, or a JSONL
 file), are tokenised through the chat template, sorted by length and answered in batches with left
-padding (`model.generate`).
+padding (`model.generate`). On a GPU (``--device cuda``) raise ``--batch-size`` to hundreds: a
+decoding step of a small model there is bound by kernel launches, so a batch of 512 prompts costs
+about what one does (`bench/gpu_heads.py` distils the whole ShareGPT training split that way).
+Library callers that already hold the model pass it (`distill(..., backbone=bb)`).
 
 Output folder::
 
@@ -25,6 +28,7 @@ Usage::
     python -m medusa.distill --out data/distill/smollm2-train --split train --limit 2000
     python -m medusa.distill --out data/distill/smollm2-eval --split eval --limit 200
     python -m medusa.distill --out data/distill/x --prompts prompts.jsonl --temperature 0.7
+    python -m medusa.distill --out data/distill/gpu-train --split train --device cuda --dtype bfloat16 --batch-size 512
 
 Flags follow the workbench's one meaning per flag: ``--prompts`` is the prompt set (``sharegpt``,
 ``mtbench``, ``gsm8k`` or a .jsonl file), ``--limit`` the number of prompts, ``--dtype`` the
@@ -52,7 +56,7 @@ from common.cli import Parser, add_dtype, add_threads, apply_threads, comma_list
 from common.errors import WorkbenchError
 from common.io import atomic_write, ensure_writable
 from common.provenance import Provenance
-from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
+from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone, parse_dtype
 from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
 
 RUN_FILE = "run.json"
@@ -244,13 +248,22 @@ def check_same_settings(out: Path, previous: dict[str, Any], settings: dict[str,
         raise WorkbenchError(f"{out} holds a {kind} with other settings ({diff}); use another --out")
 
 
-def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict[str, Any]:
-    """Answer the selected prompts into `out_dir`, resuming a previous run; returns the run record."""
+def distill(config: DistillConfig, out_dir: str | os.PathLike, progress: bool = True, device: str = "cpu",
+            backbone: Backbone | None = None) -> dict[str, Any]:
+    """Answer the selected prompts into `out_dir`, resuming a previous run; returns the run record.
+
+    The backbone named by `config` is loaded on `device`, unless the caller passes it loaded
+    (`backbone`, e.g. one model answering several splits); its dtype must be `config.dtype`, which
+    the run records.
+    """
     out = Path(out_dir)
     ensure_writable(out)
     previous = read_run(out)
     check_same_settings(out, previous, config.answer_settings())
-    backbone = load_backbone(config.backbone, dtype=config.dtype)
+    if backbone is None:
+        backbone = load_backbone(config.backbone, dtype=config.dtype, device=device)
+    elif backbone.dtype != parse_dtype(config.dtype, str(backbone.device)):
+        raise WorkbenchError(f"backbone {backbone.name} is {backbone.dtype}, but the distillation settings say {config.dtype}")
     report = LoadReport()
     selected = select_prompts(backbone, config, report)
     done = {s.key for s in read_samples(out)} if any(iter_shards(out)) else set()
@@ -319,7 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="prompts answered together (on a GPU: hundreds)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -333,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_prompt_tokens=args.max_prompt_tokens, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
     )
-    rec = distill(config, args.out, progress=not args.quiet)
+    rec = distill(config, args.out, progress=not args.quiet, device=args.device)
     print(f"{args.out}: {rec['samples']} samples, {rec['new_tokens']} generated tokens, "
           f"stops {rec['stops']}, {rec['wall_s']:.0f} s")
     return 0

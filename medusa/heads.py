@@ -143,6 +143,13 @@ class MedusaHeads(nn.Module):
         del token_ids  # heads look only at the hidden state
         return torch.topk(self(hidden), top_k, dim=-1).indices
 
+    @torch.no_grad()
+    def propose_scored(self, hidden: torch.Tensor, token_ids: Sequence[int], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-`top_k` token ids (K, top_k) and their softmax probabilities (K, top_k), for per-step trees."""
+        del token_ids
+        top = torch.topk(torch.softmax(self(hidden).float(), dim=-1), top_k, dim=-1)
+        return top.indices, top.values
+
     # ---- persistence -------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write heads.safetensors + config.json into `directory` (each file replaced atomically)."""

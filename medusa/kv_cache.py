@@ -5,8 +5,10 @@ Two implementations behind one small interface (`KVCache`):
 - ``static``: one preallocated buffer per layer sized to the request (prompt + max new tokens +
   tree). A forward writes its tokens at the committed length; `keep` moves the kept nodes' entries
   down in place. No allocation or concatenation per step. With ``full_width=True`` every forward
-  sees the whole buffer (fixed shapes, for `torch.compile` / CUDA graphs) and the attention mask
-  hides the unused tail.
+  sees the whole buffer (fixed shapes, for `torch.compile` / CUDA graphs), the attention mask
+  hides the unused tail, and writes go to slots computed from a *tensor* holding the committed
+  length, so a compiled verify never sees the length as a Python number (which would recompile it
+  every step); the buffers keep fixed addresses (CUDA graphs replay on them).
 - ``dynamic``: transformers' own `DynamicCache`, compacted with an index copy and `crop`.
 
 Both are consumed by the stock modeling code through the public `Cache` API (`update` per layer).
@@ -47,18 +49,26 @@ class _BufferLayer(CacheLayerMixin):
         self.device = key_states.device
         self.dtype = key_states.dtype
         self.is_initialized = True
+        if self.owner.full_width and not torch.compiler.is_compiling():
+            # fixed addresses: in-place writes between CUDA-graph replays stay visible to the graph
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self.owner.full_width:  # slots from the length tensor; the overflow check is in `advance`
+            slots = self.owner.position + torch.arange(key_states.shape[-2], device=self.keys.device)
+            self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
+            self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
+            return self.keys, self.values
         pos = self.owner.length
         n = key_states.shape[-2]
         if pos + n > self.owner.capacity:
             raise RuntimeError(f"static KV cache overflow: {pos + n} > capacity {self.owner.capacity}")
         self.keys[:, :, pos : pos + n].copy_(key_states)
         self.values[:, :, pos : pos + n].copy_(value_states)
-        end = self.owner.capacity if self.owner.full_width else pos + n
-        return self.keys[:, :, :end], self.values[:, :, :end]
+        return self.keys[:, :, : pos + n], self.values[:, :, : pos + n]
 
     def get_mask_sizes(self, query: Any = 1, *args: Any, **kwargs: Any) -> tuple[int, int]:
         # `query` is the query length (newer transformers) or the cache positions (older ones)
@@ -80,19 +90,35 @@ class _Cache(Cache):
 
 
 class StaticKV:
-    """Preallocated per-layer buffers of `capacity` positions."""
+    """Preallocated per-layer buffers of `capacity` positions.
 
-    def __init__(self, num_layers: int, capacity: int, full_width: bool = False) -> None:
+    `length` is the committed length as a Python int (for masks and bookkeeping); with
+    `full_width`, `position` mirrors it as a 0-d tensor on the model's device, which is what the
+    layers read when they write.
+    """
+
+    def __init__(self, num_layers: int, capacity: int, full_width: bool = False,
+                 device: torch.device | str = "cpu") -> None:
         self.capacity = capacity
         self.full_width = full_width
         self.length = 0
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        if full_width and not torch.compiler.is_compiling():
+            torch._dynamo.mark_static_address(self.position)
         self.hf_cache = _Cache([_BufferLayer(self) for _ in range(num_layers)])
 
     def mask_width(self, n_query: int) -> int:
         return self.capacity if self.full_width else self.length + n_query
 
+    def _set_length(self, length: int) -> None:
+        if length > self.capacity:
+            raise RuntimeError(f"static KV cache overflow: {length} > capacity {self.capacity}")
+        self.length = length
+        if self.full_width:
+            self.position.fill_(length)
+
     def advance(self, n: int) -> None:
-        self.length += n
+        self._set_length(self.length + n)
 
     @torch.no_grad()
     def keep(self, past: int, nodes: torch.Tensor) -> None:
@@ -104,7 +130,7 @@ class StaticKV:
             a = nodes.shape[0]
             layer.keys[:, :, past : past + a] = layer.keys.index_select(2, src)
             layer.values[:, :, past : past + a] = layer.values.index_select(2, src)
-        self.length = past + int(nodes.shape[0])
+        self._set_length(past + int(nodes.shape[0]))
 
 
 class DynamicKV:
@@ -140,4 +166,5 @@ def make_cache(kind: str, model: Any, capacity: int, full_width: bool = False) -
     """A fresh cache for one request of at most `capacity` positions."""
     if kind == "dynamic":
         return DynamicKV(model.config)
-    return StaticKV(int(model.config.num_hidden_layers), capacity, full_width=full_width)
+    device = next(model.parameters()).device
+    return StaticKV(int(model.config.num_hidden_layers), capacity, full_width=full_width, device=device)

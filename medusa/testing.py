@@ -151,6 +151,12 @@ class OracleProposer:
                 row[0] = true
         return out.to(hidden.device)
 
+    def propose_scored(self, hidden: torch.Tensor, token_ids: Sequence[int], top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`propose` with made-up probabilities falling with rank (1/2, 1/4, ...), for per-step trees."""
+        ids = self.propose(hidden, token_ids, top_k)
+        probs = 0.5 ** torch.arange(1, top_k + 1, dtype=torch.float32)
+        return ids, probs.expand(self.num_heads, top_k).clone().to(hidden.device)
+
 
 class RandomProposer:
     """Random distinct tokens per head: almost nothing is accepted."""

@@ -14,6 +14,9 @@ narrows the sliding layers' mask to the window, measured in *positions* (a tree 
 sits at position past + d whatever its slot). Without a layout, or for a full-attention model, the
 mask is the plain tensor.
 
+`buffers_from_parents` builds the same buffers straight from node arrays (parents, depths, heads,
+ranks), vectorised, for trees made per step (`trees.dynamic`, `medusa.hybrid`).
+
 Usage::
 
     buf = tree_buffers(preset("mc_sim_7b_63"))
@@ -27,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from common.errors import WorkbenchError
@@ -108,6 +112,71 @@ def tree_candidates(buffers: TreeBuffers, root_token: int | torch.Tensor, head_t
     tokens[0] = root_token
     return tokens
 
+
+def buffers_from_parents(
+    parents: Any,
+    depth: Any,
+    head: Any,
+    rank0: Any,
+    tree: Tree | None = None,
+    device: torch.device | str = "cpu",
+) -> TreeBuffers:
+    """`TreeBuffers` straight from node arrays, vectorised: for per-step (dynamic or hybrid) trees.
+
+    `parents`, `depth`, `head`, `rank0` are (N,) integer arrays, lists or tensors, root first
+    (parent -1, depth 0) and every parent before its children; `head` may be -1 for nodes that
+    read no head (prompt lookup). For a tree in canonical order (`Tree.parents()`, or a
+    `trees.dynamic.DynamicTree`) the result equals `tree_buffers(tree)` field by field.
+    How: the ancestor mask takes one gather per depth level (every node walks up one parent at a
+    time), the retrieve indices one scatter of the leaves' mask rows; numpy on the CPU (small
+    arrays: far less overhead per op than torch), one copy per field to `device` at the end.
+    `tree` is recorded as `buffers.tree` (what the engine reads for name, depth and top-k);
+    default: the `Tree` of the nodes' rank paths, which needs every non-root node to read a head.
+    """
+    par, dep, hd, rk = (_long_array(a) for a in (parents, depth, head, rank0))
+    n = par.shape[0]
+    if n < 1 or dep.shape[0] != n or hd.shape[0] != n or rk.shape[0] != n or par[0] != -1 or dep[0] != 0:
+        raise WorkbenchError(f"tree nodes need the root first (parent -1, depth 0) and one depth, head and rank "
+                             f"per node, got {n} parents and {dep.shape[0]} depths")
+    idx = np.arange(n)
+    child_par = par[1:]
+    if n > 1 and ((child_par < 0).any() or (child_par >= idx[1:]).any() or (dep[1:] != dep[child_par] + 1).any()):
+        raise WorkbenchError("tree nodes must list every parent before its children, with depth = parent's + 1")
+    max_depth = int(dep.max())
+    mask = np.eye(n, dtype=bool)
+    up = np.maximum(par, 0)  # the root is its own parent from here on
+    walk = idx
+    for _ in range(max_depth):
+        walk = up[walk]
+        mask[idx, walk] = True
+    has_child = np.zeros(n, dtype=bool)
+    has_child[child_par] = True
+    leaves = idx[~has_child]
+    rows, cols = np.nonzero(mask[leaves])  # each leaf's ancestors (itself included)
+    retrieve = np.full((leaves.shape[0], max_depth + 1), -1, dtype=np.int64)
+    retrieve[rows, dep[cols]] = cols
+    if tree is None:
+        tree = _rank_tree(par, hd, rk)
+    fields = {"ancestor_mask": mask, "depth": dep, "head": hd, "rank0": rk, "parent": par,
+              "retrieve_indices": retrieve, "internal": idx[has_child]}
+    return TreeBuffers(tree=tree, **{k: torch.from_numpy(v).to(device) for k, v in fields.items()})
+
+
+def _long_array(values: Any) -> np.ndarray:
+    """A fresh 1-D int64 numpy copy of a list, array or tensor (any device)."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.array(values, dtype=np.int64).reshape(-1)
+
+
+def _rank_tree(parents: np.ndarray, head: np.ndarray, rank0: np.ndarray) -> Tree:
+    """The `Tree` of every non-root node's rank path (nodes must all read heads)."""
+    if (head[1:] < 1).any():
+        raise WorkbenchError("nodes that read no head (head < 1) have no rank path: pass the buffers' tree explicitly")
+    paths: list[tuple[int, ...]] = [()]
+    for p, r in zip(parents[1:].tolist(), rank0[1:].tolist()):
+        paths.append(paths[p] + (r,))
+    return Tree.from_paths(paths[1:], name="per-step")
 
 @dataclass(frozen=True)
 class MaskLayout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,14 +11,20 @@ import pytest
 import torch
 
 from bench.calibrate import (
+    Measured,
     collect_ranks,
+    collect_tables,
     greedy_continuation,
+    hidden_states,
     main,
     ranks_of,
+    resumable,
+    write_measured,
     write_ranks,
     write_tables,
 )
 from common.cli import run_cli
+from common.errors import MissingResult
 from medusa.decode import DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
 from medusa.testing import OracleProposer, greedy_reference
@@ -28,6 +35,7 @@ from trees.acceptance_model import (
     rank_matrix,
     simulate_steps,
 )
+from trees.confidence import CANDIDATES_COLUMNS, load_confidence
 from trees.tree import Tree, chain
 
 PROMPTS = [("a", [1, 5, 9, 12, 7]), ("b", [3, 4, 8]), ("c", [11, 2, 2, 6, 30, 31])]
@@ -164,3 +172,83 @@ def test_cli_refuses_missing_heads(tmp_path, capsys):
     rc = run_cli(main, ["--prompts", "20"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--limit" in err
+
+
+# ---- the candidates table and the confidence map -------------------------------------------------
+def trained_looking_heads(tiny, num_heads: int = 2) -> MedusaHeads:
+    torch.manual_seed(0)
+    heads = MedusaHeads.for_backbone(tiny, HeadsConfig(num_heads=num_heads))
+    for block in heads.blocks:
+        for p in block.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+    return heads
+
+
+def test_candidates_table_agrees_with_ranks_and_softmax(tiny, tmp_path):
+    heads = trained_looking_heads(tiny)
+    measured = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    pd.testing.assert_frame_equal(measured.ranks, collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4))
+    probs = measured.probs
+    assert list(probs.columns) == CANDIDATES_COLUMNS and len(probs) == 4 * len(measured.ranks)
+    # a candidate is a hit exactly when its rank is the true token's rank
+    merged = probs.merge(measured.ranks, on=["prompt", "position", "head"], suffixes=("", "_true"))
+    assert len(merged) == len(probs)
+    assert (merged["hit"] == (merged["rank0"] == merged["rank0_true"])).all()
+    assert merged["hit"].sum() == (measured.ranks["rank0"] >= 0).sum() > 0
+    # the heads' own softmax, recomputed at one position
+    name, ids = PROMPTS[2]
+    out = greedy_continuation(tiny, ids, 12)
+    position = 3
+    hidden = hidden_states(tiny, list(ids) + out)[len(ids) - 1 + position]
+    with torch.inference_mode():
+        want = torch.softmax(heads(hidden).float(), -1).topk(4).values  # (K, 4)
+    got = probs[(probs["prompt"] == name) & (probs["position"] == position)].sort_values(["head", "rank0"])
+    np.testing.assert_allclose(got["prob"].to_numpy().reshape(2, 4), want.numpy(), rtol=1e-5)
+    # written beside accuracy.csv; counts and hits add up per head
+    files = write_tables(measured.ranks, tmp_path, top_r=4, probs=probs)
+    cmap = load_confidence(files["confidence"])
+    per_head = cmap.table.groupby("head")[["count", "hits"]].sum()
+    assert per_head["count"].tolist() == [len(probs) // 2] * 2
+    assert per_head["hits"].tolist() == [int(probs[probs["head"] == h]["hit"].sum()) for h in (1, 2)]
+    # a proposer without probabilities measures ranks only
+    refs = {len(i): list(i) + greedy_reference(tiny, i, 12) for _, i in PROMPTS}
+    assert collect_tables(tiny, PatternProposer(refs, 2, tiny.vocab_size), PROMPTS, 12, 4).probs is None
+
+
+def test_resume_keeps_probabilities_only_when_they_cover_the_done_prompts(tiny, tmp_path, capsys):
+    heads = trained_looking_heads(tiny)
+    full = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    first = collect_tables(tiny, heads, PROMPTS[:1], max_new_tokens=12, top_r=4)
+    resumed = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, done=first)
+    pd.testing.assert_frame_equal(resumed.probs, full.probs)
+    old = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, done=Measured(first.ranks, None))
+    assert old.probs is None  # an older calibration's ranks: no partial table
+    # on disk: a run cut off after writing probabilities but before ranks has one prompt too many there
+    meta = {"heads_fingerprint": "x", "top_r": 4, "max_new_tokens": 12, "source": "sharegpt"}
+    (tmp_path / "calibration.json").write_text(json.dumps(meta))
+    write_measured(first, tmp_path / "ranks.parquet", tmp_path / "probs.parquet")
+    write_ranks(full.probs, tmp_path / "probs.parquet")
+    names = {n for n, _ in PROMPTS}
+    back = resumable(tmp_path / "ranks.parquet", tmp_path / "calibration.json", meta, names, tmp_path / "probs.parquet")
+    pd.testing.assert_frame_equal(back.probs, first.probs)
+    (tmp_path / "probs.parquet").unlink()
+    back = resumable(tmp_path / "ranks.parquet", tmp_path / "calibration.json", meta, names, tmp_path / "probs.parquet")
+    assert back.probs is None and "confidence.csv will not be written" in capsys.readouterr().err
+
+
+def test_derive_only_on_an_old_calibration_says_the_table_is_missing(tiny, tmp_path, capsys):
+    heads = trained_looking_heads(tiny)
+    heads.save(tmp_path / "heads")
+    measured = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    cal = tmp_path / "cal"
+    write_ranks(measured.ranks, cal / "ranks.parquet")  # what an older calibration holds
+    argv = ["--derive-only", "--heads", str(tmp_path / "heads"), "--out", str(cal), "--top-r", "4"]
+    assert run_cli(main, argv) == 0
+    err = capsys.readouterr().err
+    assert "note:" in err and "confidence.csv is not written" in err and not (cal / "confidence.csv").exists()
+    assert load_marginals(cal / "accuracy.csv").num_heads == 2  # the old files still load
+    with pytest.raises(MissingResult, match="lack it"):
+        load_confidence(cal)
+    write_ranks(measured.probs, cal / "probs.parquet")
+    assert run_cli(main, argv) == 0
+    assert load_confidence(cal).num_heads == 2

@@ -10,7 +10,7 @@ import pytest
 from bench.latency import COLUMNS, LatencyConfig, profile_backbone, write_profile
 from bench.migrate import migrate
 from common.errors import WorkbenchError
-from trees.cost import LatencyProfile, load_profile
+from trees.cost import LatencyProfile, load_profile, profile_name
 
 
 def test_profile_tiny_model_is_well_formed(tmp_path, tiny):
@@ -26,6 +26,24 @@ def test_profile_tiny_model_is_well_formed(tmp_path, tiny):
     assert len(pd.read_csv(path)) == 6
     prof = load_profile(path)
     assert prof.verify_time(4, context=16) == pytest.approx(df.query("context == 16 and n_query == 4")["median_s"].item())
+
+
+def test_compiled_profile_is_well_formed(tmp_path, tiny):
+    cfg = LatencyConfig(contexts=(16,), n_queries=(1, 3), repeats=2, warmup=1, mode="compiled", bucket=32)
+    df = profile_backbone(tiny, cfg, progress=False)
+    assert list(df.columns) == COLUMNS
+    assert (df["mode"] == "compiled").all() and list(df["lm_rows"]) == [1, 3]
+    assert (df["median_s"] > 0).all() and (df["compile_s"] >= 0).all()
+    assert df["lm_head_s"].isna().all()  # one graph: no separate LM-head time
+    assert (df["roofline_s"] >= df["floor_s"]).all() and (df["roofline_s"] >= df["compute_floor_s"]).all()
+    eager = profile_backbone(tiny, LatencyConfig(contexts=(16,), n_queries=(1, 3), repeats=2, warmup=1), progress=False)
+    assert (eager["mode"] == "eager").all() and eager["compile_s"].isna().all() and (eager["lm_head_s"] > 0).all()
+    path = write_profile(df, tmp_path / profile_name("cpu", "compiled"))
+    assert path.name.endswith("-compiled.csv") and load_profile(path).verify_time(2, context=16) > 0
+    with pytest.raises(WorkbenchError, match="bucket"):
+        LatencyConfig(contexts=(16,), n_queries=(32,), mode="compiled", bucket=32)
+    with pytest.raises(WorkbenchError, match="mode"):
+        LatencyConfig(mode="fast")
 
 
 def synthetic(times_by_ctx):

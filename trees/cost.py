@@ -25,10 +25,21 @@ LATENCY_COMMAND = "python -m bench.latency"
 REQUIRED = ("context", "n_query", "median_s", "backbone", "dtype")
 
 
-def default_profile_path(device: str = "cpu") -> Path:
-    """This machine's profile file: the committed results/latency/<device slug>.csv, else the one a
-    plain `bench.latency` wrote to results/_scratch/latency/."""
-    name = f"{device_slug(device)}.csv"
+# The engine's modes, each with its own profile (`bench.latency --mode`).
+MODES = ("eager", "compiled")
+
+
+def profile_name(device: str = "cpu", mode: str = "eager") -> str:
+    """File name of a profile: `<device slug>.csv` for eager, `<device slug>-<mode>.csv` otherwise."""
+    if mode not in MODES:
+        raise WorkbenchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return f"{device_slug(device)}{'' if mode == 'eager' else '-' + mode}.csv"
+
+
+def default_profile_path(device: str = "cpu", mode: str = "eager") -> Path:
+    """This machine's profile file for `mode`: the committed results/latency/<name>, else the one a
+    plain `bench.latency` wrote to results/_scratch/latency/ (<name> from `profile_name`)."""
+    name = profile_name(device, mode)
     return committed_or_scratch(LATENCY_DIR / name, SCRATCH_LATENCY / name)
 
 
@@ -73,14 +84,15 @@ class LatencyProfile:
 
 
 def load_profile(path: str | os.PathLike | None = None, backbone: str | None = None,
-                 dtype: str | None = None) -> LatencyProfile:
-    """Read a latency CSV (default: this machine's), optionally for one backbone and dtype."""
+                 dtype: str | None = None, mode: str = "eager") -> LatencyProfile:
+    """Read a latency CSV (default: this machine's for `mode`), optionally for one backbone and dtype."""
     if path is None:
-        path = default_profile_path()
+        path = default_profile_path(mode=mode)
         if not path.is_file():
             # The default names this machine and its thread count: say what exists instead.
             found = sorted(p.name for p in LATENCY_DIR.glob("*.csv"))
-            raise MissingResult(f"no latency profile for this machine ({path.stem}): run `{LATENCY_COMMAND}` here, "
+            how = LATENCY_COMMAND + ("" if mode == "eager" else f" --mode {mode}")
+            raise MissingResult(f"no latency profile for this machine ({path.stem}): run `{how}` here, "
                                 f"or pass --latency FILE (committed: {', '.join(found) or 'none'} in {display(LATENCY_DIR)})")
     table = load_table(path)
     if backbone is not None:

@@ -15,17 +15,19 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench.methods.ar import AR
+from bench.methods.ar import AR, ARCompiled
 from bench.methods.base import Method, MethodContext, MethodOutput, MethodSettings, NoOptions
 from bench.methods.hf_greedy import HFGreedy
+from bench.methods.hf_greedy_compiled import HFGreedyCompiled
 from bench.methods.hf_pld import HFPromptLookup
 from bench.methods.hf_sample import HFSample
-from bench.methods.medusa import Medusa
+from bench.methods.medusa import Medusa, MedusaCompiled
 from bench.methods.medusa_sample import MedusaSample
 from bench.methods.medusa_typical import MedusaTypical
 from common.errors import WorkbenchError
 
-_CLASSES: tuple[type[Method], ...] = (HFGreedy, HFPromptLookup, AR, Medusa, MedusaTypical, HFSample, MedusaSample)
+_CLASSES: tuple[type[Method], ...] = (HFGreedy, HFPromptLookup, AR, Medusa, MedusaTypical, HFSample, MedusaSample,
+                                      HFGreedyCompiled, ARCompiled, MedusaCompiled)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
 
 

@@ -35,6 +35,7 @@ import torch
 from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
+from medusa.compiled import CompiledProposer
 from medusa.decode import DecodeConfig, Proposer, StepStats, generate
 from medusa.tree_attention import tree_buffers
 from trees.tree import Tree
@@ -122,19 +123,26 @@ class EngineMethod(Method):
     """A method run by our engine (`medusa.decode.generate`) with a fixed tree and acceptance rule.
 
     Subclasses choose the tree and the acceptance rule in `__init__` (`ar`, `medusa`, `medusa-typical`,
-    `medusa-sample`).
+    `medusa-sample`). A subclass with `compiled = True` (`ar-compiled`, `medusa-compiled`) runs the
+    same code with the verify forward and the heads compiled (`medusa.compiled`); the run-wide
+    `--compile` does that for every engine method.
     """
+
+    compiled: ClassVar[bool] = False
 
     def __init__(self, context: MethodContext, options: Any, tree: Tree, acceptance: AcceptanceConfig) -> None:
         super().__init__(context, options)
         self.heads = context.heads if tree.depth > 0 else None
         self.heads_name = context.heads_name if tree.depth > 0 else ""
         self.acceptance = acceptance
-        self.compile = context.settings.compile
+        self.compile = context.settings.compile or self.compiled
         if tree.depth > 0:
             if self.heads is None:
                 raise WorkbenchError(f"method {self.name} needs Medusa heads but none were loaded")
             tree.check_fits(self.heads.num_heads)
+            if self.compile and isinstance(self.heads, torch.nn.Module):
+                # one compiled proposer per method; the heads module itself is shared and unchanged
+                self.heads = CompiledProposer(self.heads, self.backbone.device)
         # Built once here so the timed call does no tree preprocessing.
         self.buffers = tree_buffers(tree, self.backbone.device)
 

@@ -1,0 +1,99 @@
+"""The compiled engine (medusa.compiled): token-identical to eager, compiles once per tree, falls back.
+
+Compiling is slow even for a tiny model (inductor's C++ GEMM autotuning), so one module-scoped
+backbone is shared and each test compiles few shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from medusa import compiled as compiled_mod
+from medusa.compiled import Compiled, CompiledProposer
+from medusa.decode import ALL_ROWS_MAX_NODES, DecodeConfig, generate
+from medusa.heads import HeadsConfig, MedusaHeads
+from medusa.testing import OracleProposer, greedy_reference, tiny_backbone
+from trees.tree import chain, preset
+
+PROMPT = [5, 17, 3, 42, 8, 11]
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return tiny_backbone(2)
+
+
+def _graphs() -> int:
+    return int(counters["stats"]["unique_graphs"])
+
+
+def test_compiled_matches_eager_and_compiles_once_per_tree(bb):
+    ref = greedy_reference(bb, PROMPT, 20)
+    big = preset("mc_sim_7b_63")
+    assert big.node_budget > ALL_ROWS_MAX_NODES  # the internal-rows-only path is exercised too
+    for tree in (chain(3), big):
+        eager = DecodeConfig(max_new_tokens=20)
+        comp = DecodeConfig(max_new_tokens=20, compile=True, compile_bucket=64)
+        want = generate(bb, OracleProposer(PROMPT + ref, 4, 96), tree, PROMPT, eager)
+        got = generate(bb, OracleProposer(PROMPT + ref, 4, 96), tree, PROMPT, comp)
+        assert got.output_ids == want.output_ids == ref
+        assert [s.accepted_length for s in got.steps] == [s.accepted_length for s in want.steps]
+        # a second request of another prompt length (same bucket) reuses the compiled graphs
+        before = _graphs()
+        other = PROMPT[:4]
+        ref2 = greedy_reference(bb, other, 20)
+        again = generate(bb, OracleProposer(other + ref2, 4, 96), tree, other, comp)
+        assert again.output_ids == ref2
+        assert _graphs() == before, "a new request recompiled the verify"
+    assert bb.compiled("verify", lambda: None).failed is None
+
+
+def test_plain_decoding_compiled_matches(bb):
+    ref = greedy_reference(bb, PROMPT, 12)
+    out = generate(bb, None, preset("root"), PROMPT, DecodeConfig(max_new_tokens=12, compile=True,
+                                                               compile_bucket=64))
+    assert out.output_ids == ref
+    assert out.mean_accepted_length == 1.0
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, capsys):
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("planted compiler failure\nsecond line")
+        return call
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken)
+    fresh = tiny_backbone(2)  # its own compiled-function table, built with the broken compiler
+    ref = greedy_reference(fresh, PROMPT, 10)
+    out = generate(fresh, OracleProposer(PROMPT + ref, 4, 96), chain(2), PROMPT,
+                   DecodeConfig(max_new_tokens=10, compile=True, compile_bucket=64))
+    assert out.output_ids == ref
+    err = capsys.readouterr().err
+    assert err.count("warning: compiling verify failed") == 1
+    assert "planted compiler failure" in err and "second line" not in err
+
+
+def test_compiled_proposer_matches_heads(bb):
+    torch.manual_seed(1)
+    heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3))
+    for block in heads.blocks:  # non-trivial (trained-looking) blocks
+        torch.nn.init.normal_(block[0].linear.weight, std=0.2)
+    proposer = CompiledProposer(heads, bb.device)
+    for _ in range(3):
+        hidden = torch.randn(bb.hidden_size)
+        assert torch.equal(proposer.propose(hidden, [], 4), heads.propose(hidden, [], 4))
+    assert proposer.num_heads == 3 and proposer.compile_s > 0
+
+
+def test_shape_key_counts_one_compile_per_shape():
+    calls = []
+    c = Compiled(lambda x: calls.append(x.shape) or x * 2, "double", "cpu")
+    c.compiled = c.eager  # no real compile needed to check the bookkeeping
+    c(torch.ones(3))
+    first = c.compile_s
+    c(torch.ones(3))
+    assert c.compile_s == first  # a seen shape does not count again
+    c(torch.ones(4))
+    assert len(c._seen) == 2
