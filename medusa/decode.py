@@ -3,7 +3,8 @@
 One request, batch size 1. Phases of every step (gpt-fast style, shapes in comments):
 
     prefill     prompt (1, P) -> KV cache, hidden (H,) and the base model's first token (the root)
-    candidates  heads(hidden) -> top-k per head (K, top_k) -> one token per tree node (N,)
+    candidates  the tree policy: heads(hidden) -> top-k per head (K, top_k) -> one token per tree node (N,);
+                a static tree, or one built this step (medusa.policy: dynamic, prompt-lookup hybrid)
     verify      ONE forward of the N tree tokens, 4D ancestor mask, positions past + depth
     accept      the acceptance rule (greedy, typical or sample) -> kept path (root .. last), length A
     update      emit the A-1 accepted candidates plus the base model's token after the last kept
@@ -44,13 +45,12 @@ from medusa.acceptance import AcceptanceConfig, accept, next_token
 from medusa.backbone import Backbone
 from medusa.compiled import Compiled
 from medusa.kv_cache import KVCache, make_cache
+from medusa.policy import StaticPolicy, StepTree, TreePolicy, as_policy
 from medusa.tree_attention import (
     MaskLayout,
     TreeBuffers,
     causal_mask,
     mask_layout,
-    tree_buffers,
-    tree_candidates,
     verify_attention_mask,
 )
 from trees.tree import Tree
@@ -104,6 +104,7 @@ class StepStats:
     heads_s: float
     verify_s: float
     bookkeeping_s: float
+    nodes: int = 0  # tokens verified this step (the node budget for static trees)
 
 
 @dataclass
@@ -144,18 +145,21 @@ def _sync(device: torch.device) -> None:
 
 
 def check_request(
-    backbone: Backbone, heads: Proposer | None, tree: Tree, prompt_ids: Sequence[int], config: DecodeConfig
+    backbone: Backbone, heads: Proposer | None, tree: Tree | TreePolicy, prompt_ids: Sequence[int], config: DecodeConfig
 ) -> None:
     """Raise `WorkbenchError` (one line) for requests the engine cannot serve."""
     if len(prompt_ids) == 0:
         raise WorkbenchError("prompt is empty (0 tokens)")
+    if isinstance(tree, StaticPolicy):
+        tree = tree.buffers.tree
+    top_k = tree.top_k if isinstance(tree, Tree) else getattr(tree, "top_k", 0)
     if tree.depth > 0:
         if heads is None:
             raise WorkbenchError(f"tree {tree.name} has depth {tree.depth} but no heads were given")
         if tree.depth > heads.num_heads:
             raise WorkbenchError(f"tree {tree.name} has depth {tree.depth} but the heads have only {heads.num_heads}")
-        if tree.top_k > backbone.vocab_size:
-            raise WorkbenchError(f"tree {tree.name} needs top-{tree.top_k} but the vocabulary has {backbone.vocab_size}")
+        if top_k > backbone.vocab_size:
+            raise WorkbenchError(f"tree {tree.name} needs top-{top_k} but the vocabulary has {backbone.vocab_size}")
     need = len(prompt_ids) + config.max_new_tokens + tree.depth + 1
     if need > backbone.max_positions:
         raise WorkbenchError(
@@ -166,7 +170,8 @@ def check_request(
 
 # A compiled verify computes logits for every node of trees up to this size: a few more rows of the
 # LM head cost almost nothing next to reading its weights, and a kept leaf then needs no extra LM-head
-# call. Larger trees (and the eager path, whose kernels pay per row) compute internal nodes only.
+# call. Larger trees (and the eager path, whose kernels pay per row) compute internal nodes only,
+# except per-step trees when compiled, which take every row so that one graph fits every step.
 ALL_ROWS_MAX_NODES = 16
 
 
@@ -196,14 +201,36 @@ class _Parts:
     verify_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # `verify_function`, maybe compiled
     lm_head: torch.nn.Module  # the prefill's one row
     row_logits: Callable[[torch.Tensor], torch.Tensor]  # LM head for a kept node outside `rows`, maybe compiled
-    buffers: TreeBuffers
-    rows: torch.Tensor  # (R,) nodes whose logits the verify computes: internal nodes, or all nodes
-    row_of: torch.Tensor  # (N,) node -> its row in the verify's logits, -1 when not computed
+    policy: TreePolicy
+    static_rows: _Rows | None  # a static tree's rows, computed once
     layout: MaskLayout  # which layers slide, so the masks carry the window (tree_attention.mask_layout)
     cache_arg: str
     dtype: torch.dtype
     device: torch.device
     config: DecodeConfig
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Which nodes' logits the verify computes: `rows` (R,) and node -> row (N,), -1 where not computed."""
+
+    rows: torch.Tensor
+    row_of: torch.Tensor
+    internal_only: bool
+
+
+def _logit_rows(buffers: TreeBuffers, all_rows: bool) -> _Rows:
+    n, device = buffers.num_nodes, buffers.depth.device
+    rows = torch.arange(n, device=device) if all_rows else buffers.internal
+    row_of = torch.full((n,), -1, dtype=torch.long, device=device)
+    row_of[rows] = torch.arange(rows.shape[0], device=device)
+    return _Rows(rows, row_of, not all_rows)
+
+
+def _rows_for(p: _Parts, buffers: TreeBuffers) -> _Rows:
+    if p.static_rows is not None:
+        return p.static_rows
+    return _logit_rows(buffers, p.config.compile)  # per-step trees: every row when compiled (one shape)
 
 
 def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -218,36 +245,30 @@ def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Ge
     return hidden, next_token(p.lm_head(hidden), p.config.acceptance, gen)
 
 
-def _candidates(p: _Parts, heads: Proposer | None, hidden: torch.Tensor, tokens: list[int], root: int) -> torch.Tensor:
-    """Heads' top-k (K, top_k) placed into the tree -> node tokens (N,); the root alone for plain decoding."""
-    tree = p.buffers.tree
-    if tree.depth == 0:
-        return torch.tensor([root], dtype=torch.long, device=p.device)
-    head_topk = heads.propose(hidden, tokens, max(tree.top_k, 1))  # (K, top_k)
-    return tree_candidates(p.buffers, root, head_topk)  # (N,)
-
-
-def _verify(p: _Parts, cache: KVCache, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _verify(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of `rows` (R, V), past."""
-    past, n_nodes = cache.length, p.buffers.num_nodes
-    mask = verify_attention_mask(p.buffers, past, p.dtype, cache.mask_width(n_nodes), p.layout)
-    node_hidden, row_logits = p.verify_fn(candidates[None], (past + p.buffers.depth)[None], mask, cache.hf_cache, p.rows)
+    buffers = step.buffers
+    past, n_nodes = cache.length, buffers.num_nodes
+    mask = verify_attention_mask(buffers, past, p.dtype, cache.mask_width(n_nodes), p.layout)
+    node_hidden, row_logits = p.verify_fn(step.candidates[None], (past + buffers.depth)[None], mask, cache.hf_cache,
+                                          rows.rows)
     cache.advance(n_nodes)
     return node_hidden, row_logits, past
 
 
-def _update(p: _Parts, cache: KVCache, candidates: torch.Tensor, node_hidden: torch.Tensor,
+def _update(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows, node_hidden: torch.Tensor,
             row_logits: torch.Tensor, past: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, int]:
     """Accept a path under the rule, then emit its tokens + the model's next root, compact the cache.
 
     Returns (new tokens, hidden state of the last kept node (H,), next root).
     """
-    internal_logits = row_logits if p.rows is p.buffers.internal else row_logits[p.row_of[p.buffers.internal]]
-    kept = accept(candidates, internal_logits, p.buffers, p.config.acceptance, gen)
+    candidates, buffers = step.candidates, step.buffers
+    internal_logits = row_logits if rows.internal_only else row_logits[rows.row_of[buffers.internal]]
+    kept = accept(candidates, internal_logits, buffers, p.config.acceptance, gen)
     last = kept.last
     root = kept.next_token  # rule sample drew it from the last node's residual
     if root is None:  # the base model's own token after the kept path
-        row = int(p.row_of[last])
+        row = int(rows.row_of[last])
         last_logits = row_logits[row] if row >= 0 else p.row_logits(node_hidden[last][None])[0]
         root = next_token(last_logits, p.config.acceptance, gen)
     cache.keep(past, kept.nodes)
@@ -263,21 +284,19 @@ def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list
     return output, "length"
 
 
-def _parts(backbone: Backbone, buffers: TreeBuffers, config: DecodeConfig) -> _Parts:
+def _parts(backbone: Backbone, policy: TreePolicy, config: DecodeConfig) -> _Parts:
     decoder = backbone.model.base_model
     lm_head = backbone.model.get_output_embeddings()
-    n = buffers.num_nodes
-    all_rows = config.compile and n <= ALL_ROWS_MAX_NODES
-    rows = torch.arange(n, device=backbone.device) if all_rows else buffers.internal
-    row_of = torch.full((n,), -1, dtype=torch.long, device=backbone.device)
-    row_of[rows] = torch.arange(rows.shape[0], device=backbone.device)
+    static_rows = None
+    if isinstance(policy, StaticPolicy):
+        static_rows = _logit_rows(policy.buffers, config.compile and policy.node_budget <= ALL_ROWS_MAX_NODES)
     if config.compile:
         verify_fn = backbone.compiled("verify", lambda: Compiled(verify_function(backbone), "verify", backbone.device))
         row_fn = backbone.compiled("lm_head", lambda: Compiled(lm_head, "LM head", backbone.device))
     else:
         verify_fn, row_fn = verify_function(backbone), lm_head
-    return _Parts(decoder=decoder, verify_fn=verify_fn, lm_head=lm_head, row_logits=row_fn, buffers=buffers,
-                  rows=rows, row_of=row_of, layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
+    return _Parts(decoder=decoder, verify_fn=verify_fn, lm_head=lm_head, row_logits=row_fn, policy=policy,
+                  static_rows=static_rows, layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
                   dtype=backbone.dtype, device=backbone.device, config=config)
 
 
@@ -285,12 +304,14 @@ def _parts(backbone: Backbone, buffers: TreeBuffers, config: DecodeConfig) -> _P
 def generate(
     backbone: Backbone,
     heads: Proposer | None,
-    tree: Tree | TreeBuffers,
+    tree: Tree | TreeBuffers | TreePolicy,
     prompt_ids: Sequence[int],
     config: DecodeConfig | None = None,
     on_step: Callable[[KVCache, list[int]], None] | None = None,
 ) -> GenerationResult:
     """Decode one prompt with Medusa tree verification (or plain decoding for the root-only tree).
+
+    `tree` is a static tree (or its buffers) or a per-step tree policy (`medusa.policy`).
 
     Each step runs four phases: candidates (heads -> tree tokens), verify (one forward), accept
     (the kept path under `config.acceptance.rule`) and update (emit, compact the KV cache). `on_step(cache,
@@ -298,14 +319,11 @@ def generate(
     and the token ids it holds (prompt + output, without the pending root).
     """
     config = config or DecodeConfig()
-    buffers = tree if isinstance(tree, TreeBuffers) else tree_buffers(tree, backbone.device)
-    if buffers.depth.device != backbone.device:
-        buffers = buffers.to(backbone.device)
-    tree = buffers.tree
-    check_request(backbone, heads, tree, prompt_ids, config)
-    p = _parts(backbone, buffers, config)
+    policy = as_policy(tree, backbone.device)
+    check_request(backbone, heads, policy, prompt_ids, config)
+    p = _parts(backbone, policy, config)
     eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
-    capacity = len(prompt_ids) + config.max_new_tokens + buffers.num_nodes
+    capacity = len(prompt_ids) + config.max_new_tokens + policy.node_budget
     if config.compile:  # fixed shapes: the cache spans whole buckets
         capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
     cache: KVCache = make_cache(config.cache, backbone.model, capacity, full_width=config.compile)
@@ -320,21 +338,22 @@ def generate(
     steps: list[StepStats] = []
     while len(output) < config.max_new_tokens and not (eos and output[-1] in eos):
         t0 = time.perf_counter()
-        candidates = _candidates(p, heads, hidden, tokens_so_far, root)
+        step = policy.step(heads, hidden, tokens_so_far, root)
+        rows = _rows_for(p, step.buffers)
         sync(p.device)
         t1 = time.perf_counter()
-        node_hidden, row_logits, past = _verify(p, cache, candidates)
+        node_hidden, row_logits, past = _verify(p, cache, step, rows)
         sync(p.device)
         t2 = time.perf_counter()
-        new, hidden, root = _update(p, cache, candidates, node_hidden, row_logits, past, gen)
+        new, hidden, root = _update(p, cache, step, rows, node_hidden, row_logits, past, gen)
         output.extend(new)
         tokens_so_far.extend(new)
-        steps.append(StepStats(len(new), t1 - t0, t2 - t1, time.perf_counter() - t2))
+        steps.append(StepStats(len(new), t1 - t0, t2 - t1, time.perf_counter() - t2, step.buffers.num_nodes))
         if on_step is not None:
             on_step(cache, tokens_so_far[:-1])
 
     output, stop_reason = _finish(output, config.max_new_tokens, eos)
     _sync(p.device)
     return GenerationResult(prompt_ids=list(prompt_ids), output_ids=output, steps=steps, prefill_s=prefill_s,
-                            wall_s=time.perf_counter() - t_start, stop_reason=stop_reason, tree_name=tree.name,
-                            node_budget=tree.node_budget)
+                            wall_s=time.perf_counter() - t_start, stop_reason=stop_reason, tree_name=policy.name,
+                            node_budget=policy.node_budget)

@@ -31,6 +31,14 @@ class KVCache(Protocol):
     def keep(self, past: int, nodes: torch.Tensor) -> None: ...
 
 
+def _static_address(t: torch.Tensor) -> None:
+    """On a GPU, tell dynamo `t` keeps its address, so CUDA graphs replay on it (in-place writes
+    between replays stay visible). Not on a CPU: there the compiled verify freezes its weights, and
+    freezing would fold a static-address tensor into the graph as a constant (a stale cache)."""
+    if t.device.type == "cuda" and not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(t)
+
+
 class _BufferLayer(CacheLayerMixin):
     """One layer's preallocated keys/values; writes at the owner's committed length."""
 
@@ -49,10 +57,9 @@ class _BufferLayer(CacheLayerMixin):
         self.device = key_states.device
         self.dtype = key_states.dtype
         self.is_initialized = True
-        if self.owner.full_width and not torch.compiler.is_compiling():
-            # fixed addresses: in-place writes between CUDA-graph replays stay visible to the graph
-            torch._dynamo.mark_static_address(self.keys)
-            torch._dynamo.mark_static_address(self.values)
+        if self.owner.full_width:
+            _static_address(self.keys)
+            _static_address(self.values)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         if not self.is_initialized:
@@ -103,8 +110,8 @@ class StaticKV:
         self.full_width = full_width
         self.length = 0
         self.position = torch.zeros((), dtype=torch.long, device=device)
-        if full_width and not torch.compiler.is_compiling():
-            torch._dynamo.mark_static_address(self.position)
+        if full_width:
+            _static_address(self.position)
         self.hf_cache = _Cache([_BufferLayer(self) for _ in range(num_layers)])
 
     def mask_width(self, n_query: int) -> int:

@@ -147,8 +147,8 @@ def tree_target(tree: Tree) -> TreeTarget | None:
 
 
 def _hardware(slug: str) -> str:
-    """A device slug without its CPU thread count (`cpu-amd-epyc-1t` -> `cpu-amd-epyc`)."""
-    return re.sub(r"-\d+t$", "", slug)
+    """A device slug without its engine mode and CPU thread count (`cpu-amd-epyc-1t-compiled` -> `cpu-amd-epyc`)."""
+    return re.sub(r"-\d+t$", "", re.sub(r"-compiled$", "", slug))
 
 
 def tree_mismatch(tree: Tree, here: TreeTarget) -> str | None:

@@ -97,3 +97,12 @@ def test_shape_key_counts_one_compile_per_shape():
     assert c.compile_s == first  # a seen shape does not count again
     c(torch.ones(4))
     assert len(c._seen) == 2
+
+
+def test_more_shapes_than_dynamos_default_limit_all_compile():
+    # dynamo keeps 8 graphs per function by default; a 9th shape would silently run eagerly
+    c = Compiled(lambda x: x * 2 + 1, "double", "cpu")
+    before = _graphs()
+    for n in range(1, 10):
+        assert torch.equal(c(torch.ones(n)), torch.full((n,), 3.0))
+    assert _graphs() - before == 9

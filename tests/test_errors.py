@@ -260,6 +260,8 @@ def test_tree_mismatch_names_what_differs(tmp_path):
     tree = searched_tree(tmp_path, "mine", "smollm2-135m", "cpu-amd-epyc-1t")
     # same heads, backbone and hardware (another thread count): no warning
     assert tree_mismatch(tree, TreeTarget("mine", "smollm2-135m", "cpu-amd-epyc-2t")) is None
+    compiled = searched_tree(tmp_path / "c", "mine", "smollm2-135m", "cpu-amd-epyc-1t-compiled")  # a compiled-mode profile
+    assert tree_mismatch(compiled, TreeTarget("mine", "smollm2-135m", "cpu-amd-epyc-1t")) is None
     assert tree_mismatch(preset("mc_sim_7b_63"), TreeTarget(UNTRAINED, "other", "nvidia-h100")) is None
     line = tree_mismatch(tree, TreeTarget(UNTRAINED, "my-model", "nvidia-h100-80gb-hbm3"))
     assert "heads mine, not untrained" in line and "backbone smollm2-135m, not my-model" in line

@@ -81,8 +81,11 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert report["phases"]["correctness"]["result"]["ok"] is True
     assert "random" in report["smollm2_weights"]
     assert "skipped" in report["phases"]["speed_ar_vs_medusa"]
-    lat = list((tmp_path / "o" / "latency").glob("*.csv"))
-    assert len(lat) == 1 and set(pd.read_csv(lat[0])["backbone"]) == {"smollm2-135m-random", "llama-7b-shape-random"}
+    eager = [p for p in (tmp_path / "o" / "latency").glob("*.csv") if not p.stem.endswith("-compiled")]
+    assert len(eager) == 1 and set(pd.read_csv(eager[0])["backbone"]) == {"smollm2-135m-random", "llama-7b-shape-random"}
+    compiled = pd.read_csv(eager[0].with_name(eager[0].stem + "-compiled.csv"))
+    assert set(compiled["mode"]) == {"compiled"} and set(compiled["backbone"]) == {"smollm2-135m-random"}
+    assert report["phases"]["latency_smollm2_compiled"]["result"]["rows"] == len(compiled)
 
 
 def test_profiles_of_the_first_schema_read_and_migrate_once(tmp_path):

@@ -22,12 +22,14 @@ from bench.methods.hf_greedy_compiled import HFGreedyCompiled
 from bench.methods.hf_pld import HFPromptLookup
 from bench.methods.hf_sample import HFSample
 from bench.methods.medusa import Medusa, MedusaCompiled
+from bench.methods.medusa_dynamic import MedusaDynamic
+from bench.methods.medusa_lookup import MedusaLookup
 from bench.methods.medusa_sample import MedusaSample
 from bench.methods.medusa_typical import MedusaTypical
 from common.errors import WorkbenchError
 
 _CLASSES: tuple[type[Method], ...] = (HFGreedy, HFPromptLookup, AR, Medusa, MedusaTypical, HFSample, MedusaSample,
-                                      HFGreedyCompiled, ARCompiled, MedusaCompiled)
+                                      HFGreedyCompiled, ARCompiled, MedusaCompiled, MedusaDynamic, MedusaLookup)
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in _CLASSES}
 
 

@@ -37,7 +37,7 @@ from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
 from medusa.compiled import CompiledProposer
 from medusa.decode import DecodeConfig, Proposer, StepStats, generate
-from medusa.tree_attention import tree_buffers
+from medusa.policy import StaticPolicy, TreePolicy
 from trees.tree import Tree
 
 
@@ -97,6 +97,11 @@ class Method:
         """New token ids for one prompt; the only call the harness times."""
         raise NotImplementedError
 
+    def warmup_prompts(self, warm_ids: Sequence[int], tokens: int) -> list[list[int]]:
+        """Prompts beyond the first the harness warms this method up with (untimed); none by default."""
+        del warm_ids, tokens
+        return []
+
 
 # Settings that neutralise anything a model's generation_config might add to the HF baselines.
 HF_NEUTRAL = {"num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
@@ -119,6 +124,11 @@ def hf_generate(backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: i
     return out[0, ids.shape[1]:].tolist()
 
 
+# The longest context (prompt + answer + tree) a compiled engine method is warmed up for:
+# MT-Bench's second turns with a 128-token answer stay under it.
+WARM_CONTEXT = 1024
+
+
 class EngineMethod(Method):
     """A method run by our engine (`medusa.decode.generate`) with a fixed tree and acceptance rule.
 
@@ -130,29 +140,47 @@ class EngineMethod(Method):
 
     compiled: ClassVar[bool] = False
 
-    def __init__(self, context: MethodContext, options: Any, tree: Tree, acceptance: AcceptanceConfig) -> None:
+    def __init__(self, context: MethodContext, options: Any, tree: Tree | TreePolicy,
+                 acceptance: AcceptanceConfig) -> None:
         super().__init__(context, options)
-        self.heads = context.heads if tree.depth > 0 else None
-        self.heads_name = context.heads_name if tree.depth > 0 else ""
+        # Built once here so the timed call does no tree preprocessing (a static tree's buffers).
+        self.policy = tree if not isinstance(tree, Tree) else StaticPolicy(tree, self.backbone.device)
+        depth = self.policy.depth
+        self.heads = context.heads if depth > 0 else None
+        self.heads_name = context.heads_name if depth > 0 else ""
         self.acceptance = acceptance
         self.compile = context.settings.compile or self.compiled
-        if tree.depth > 0:
+        if depth > 0:
             if self.heads is None:
                 raise WorkbenchError(f"method {self.name} needs Medusa heads but none were loaded")
-            tree.check_fits(self.heads.num_heads)
+            if isinstance(self.policy, StaticPolicy):
+                self.policy.buffers.tree.check_fits(self.heads.num_heads)
+            elif depth > self.heads.num_heads:
+                raise WorkbenchError(f"method {self.name}: tree {self.policy.name} has depth {depth} "
+                                     f"but the heads have only {self.heads.num_heads}")
             if self.compile and isinstance(self.heads, torch.nn.Module):
                 # one compiled proposer per method; the heads module itself is shared and unchanged
                 self.heads = CompiledProposer(self.heads, self.backbone.device)
-        # Built once here so the timed call does no tree preprocessing.
-        self.buffers = tree_buffers(tree, self.backbone.device)
+
+    def warmup_prompts(self, warm_ids: Sequence[int], tokens: int) -> list[list[int]]:
+        """Compiled: one prompt per cache bucket up to `WARM_CONTEXT` slots, so that no timed record
+        compiles (a compiled verify compiles once per tree and bucket, ~1 min for SmolLM2)."""
+        if not self.compile:
+            return []
+        bucket, n = DecodeConfig().compile_bucket, self.policy.node_budget
+        out = []
+        for capacity in range(2 * bucket, min(WARM_CONTEXT, self.backbone.max_positions) + 1, bucket):
+            length = capacity - tokens - n  # prompt + tokens + nodes fill the bucket exactly
+            if length > len(warm_ids):
+                out.append((list(warm_ids) * (length // max(len(warm_ids), 1) + 1))[:length])
+        return out
 
     def describe(self) -> dict[str, Any]:
-        tree = self.buffers.tree
         typical = self.acceptance.rule == "typical"  # eps and delta mean nothing to the other rules
         return {
             "heads": self.heads_name,
-            "tree": tree.name,
-            "node_budget": tree.node_budget,
+            "tree": self.policy.name,
+            "node_budget": self.policy.node_budget,
             "temperature": self.acceptance.temperature,
             "posterior_threshold": self.acceptance.posterior_threshold if typical else float("nan"),
             "posterior_alpha": self.acceptance.posterior_alpha if typical else float("nan"),
@@ -162,7 +190,7 @@ class EngineMethod(Method):
         # The record's seed seeds the engine's own generator (greedy and argmax-root typical draw nothing).
         config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, compile=self.compile,
                               seed=seed)
-        result = generate(self.backbone, self.heads, self.buffers, prompt_ids, config)
+        result = generate(self.backbone, self.heads, self.policy, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch._inductor.config as inductor_config
 from torch._dynamo.exc import BackendCompilerFailed
 from transformers import CompileConfig
 
@@ -68,8 +69,9 @@ def compile_config(options: CompiledOptions, device: torch.device) -> CompileCon
     """The `CompileConfig` of `options` on `device`, flagged to compile on a CPU too."""
     dynamic = True if options.dynamic else None
     if options.mode == ENGINE_MODE:
-        # torch.compile takes a mode or inductor options, not both.
-        config = CompileConfig(dynamic=dynamic, mode=None, options=inductor_options(device))
+        # the engine's inductor options are applied around each call (`HFGreedyCompiled.generate`):
+        # passed as torch.compile options, inductor drops freezing and the C++ GEMM (medusa.compiled)
+        config = CompileConfig(dynamic=dynamic, mode=None)
     else:
         config = CompileConfig(dynamic=dynamic, mode=options.mode)
     # transformers' own switch for compiling on devices it does not compile on by default (CPU).
@@ -85,6 +87,7 @@ class HFGreedyCompiled(Method):
     def __init__(self, context: MethodContext, options: CompiledOptions | None = None) -> None:
         super().__init__(context, options)
         self.compile_config = compile_config(self.options, self.backbone.device)
+        self.inductor_patch = inductor_options(self.backbone.device) if self.options.mode == ENGINE_MODE else {}
         self.model_state: dict[str, Any] = {}  # this method's share of MODEL_STATE, between calls
 
     def describe(self) -> dict[str, Any]:
@@ -110,7 +113,7 @@ class HFGreedyCompiled(Method):
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, seed: int) -> MethodOutput:
         try:
-            with self._lent_state():
+            with self._lent_state(), inductor_config.patch(self.inductor_patch):
                 ids = hf_generate(self.backbone, prompt_ids, max_new_tokens, do_sample=False,
                                   cache_implementation="static", compile_config=self.compile_config)
         except BackendCompilerFailed as e:
