@@ -27,7 +27,8 @@ over units (paired: a resample draws the same units for a method and its baselin
 - the machine, from each record's 1-minute load average just before and after its timed call
   (``load_start``/``load_end``, `bench.records`): ``max_load`` (the highest of either over the
   method's records) and ``overloaded`` (how many records had a load above their run's thread count
-  plus `LOAD_MARGIN`: other processes were running beside the timed threads); ``n`` counts the
+  times its concurrent shards (`run_concurrency`: a run split into n shards runs n processes at
+  once) plus `LOAD_MARGIN`: other processes were running beside the timed threads); ``n`` counts the
   records with a load. Records written before the load was kept have none, and get neither metric.
 
 The Markdown names how each method decodes, from its records (`decoding`: ``greedy``, or ``T=0.7``
@@ -167,9 +168,20 @@ def record_load(frame: pd.DataFrame) -> pd.Series:
     return frame[list(R.LOAD_COLUMNS)].apply(pd.to_numeric, errors="coerce").max(axis=1, skipna=True)
 
 
-def overloaded(frame: pd.DataFrame) -> pd.Series:
-    """Per record: its load topped its thread count by more than `LOAD_MARGIN` (False where unknown)."""
-    return record_load(frame) > pd.to_numeric(frame["threads"], errors="coerce") + LOAD_MARGIN
+def overloaded(frame: pd.DataFrame, concurrency: int = 1) -> pd.Series:
+    """Per record: its load topped its thread count x the run's concurrent shards by more than
+    `LOAD_MARGIN` (False where unknown)."""
+    return record_load(frame) > pd.to_numeric(frame["threads"], errors="coerce") * concurrency + LOAD_MARGIN
+
+
+def run_concurrency(info: dict[str, Any]) -> int:
+    """How many shard processes a run ran at once: the largest n of its sessions' shards "i/n" (1 unsharded)."""
+    counts = [1]
+    for session in info.get("sessions", []) if isinstance(info, dict) else []:
+        shard = str(session.get("shard", "")) if isinstance(session, dict) else ""
+        if "/" in shard and shard.split("/")[1].isdigit():
+            counts.append(int(shard.split("/")[1]))
+    return max(counts)
 
 
 def _units(frame: pd.DataFrame) -> pd.DataFrame:
@@ -179,8 +191,9 @@ def _units(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(["method", "question_id", "turn"], sort=False).agg(agg).reset_index()
 
 
-def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tidy summary, mismatches) of a run's records."""
+def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, seed: int = 0,
+                    concurrency: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tidy summary, mismatches) of a run's records; `concurrency`: its shards that ran at once."""
     frame, mismatches = add_token_metrics(frame, tokens)
     units = _units(frame)
     methods = list(dict.fromkeys(frame["method"]))
@@ -203,7 +216,7 @@ def summarize_frame(frame: pd.DataFrame, tokens: dict, resamples: int = 2000, se
             load = record_load(recs)
             if load.notna().any():
                 emit(method, category, MAX_LOAD, float(load.max()), np.nan, np.nan, int(load.notna().sum()))
-                emit(method, category, OVERLOADED, float(overloaded(recs).sum()), np.nan, np.nan,
+                emit(method, category, OVERLOADED, float(overloaded(recs, concurrency).sum()), np.nan, np.nan,
                      int(load.notna().sum()))
             emit(method, category, "tokens_per_s", *bootstrap(_ratio_of_sums, [tok, wall], resamples, seed), n)
             for base in BASELINES:
@@ -291,7 +304,7 @@ def overload_warning(summary: pd.DataFrame) -> str | None:
                     for r in rows.itertuples(index=False))
     k = int(rows["value"].sum())
     return (f"warning: {k} record{'s' if k != 1 else ''} ran with the load average above their thread count "
-            f"(+{LOAD_MARGIN:g}): {per}; other processes shared the cores, so those timings are slower and "
+            f"(x concurrent shards, +{LOAD_MARGIN:g}): {per}; other processes shared the cores, so those timings are slower and "
             "noisier: measure them again on an idle machine")
 
 
@@ -366,7 +379,7 @@ def summarize_run(run_dir: str | Path, resamples: int = 2000, seed: int = 0) -> 
     frame, tokens, info = R.load_run(run_dir)
     if frame.empty:
         raise WorkbenchError(f"{run_dir} holds no records yet")
-    summary, mismatches = summarize_frame(frame, tokens, resamples, seed)
+    summary, mismatches = summarize_frame(frame, tokens, resamples, seed, run_concurrency(info))
     text = markdown(summary, mismatches, {**info, "name": run_dir.name}, decoding(frame))
     write_csv(summary, run_dir / R.SUMMARY_FILE)
     write_csv(mismatches, run_dir / R.MISMATCHES_FILE)
