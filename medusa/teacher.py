@@ -147,6 +147,12 @@ def positions_of(spans: Sequence[tuple[int, int]], length: int) -> tuple[np.ndar
 
 
 # ---- the forward ------------------------------------------------------------------------------
+def rest_log_mass(inside: torch.Tensor) -> torch.Tensor:
+    """log(1 - p_top) from log p_top, -1e4 when nothing is left (rounding can put p_top at or past 1:
+    that gives -1e4, never NaN)."""
+    return torch.log((-torch.expm1(inside)).clamp(min=0.0)).clamp(min=-1e4)
+
+
 @torch.inference_mode()
 def teacher_forward(backbone: Backbone, ids: Sequence[int], pos: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
     """Hidden states (bf16 bits), top-k ids / log-probs and the rest's log-mass at positions `pos`."""
@@ -156,8 +162,7 @@ def teacher_forward(backbone: Backbone, ids: Sequence[int], pos: np.ndarray, top
     logits = backbone.model.get_output_embeddings()(hidden).float()
     logp = torch.log_softmax(logits, dim=-1)
     top = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
-    inside = torch.logsumexp(top.values.double(), dim=-1)
-    rest = torch.log(-torch.expm1(inside)).clamp(min=-1e4).float()  # log(1 - p_top), -1e4 when nothing is left
+    rest = rest_log_mass(torch.logsumexp(top.values.double(), dim=-1)).float()
     return {
         "hidden": hidden.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16),
         "topk_ids": top.indices.to(torch.int32).cpu().numpy(),

@@ -90,6 +90,22 @@ def test_soft_cross_entropy_is_hard_cross_entropy_for_one_hot_targets():
     assert torch.allclose(L.soft_cross_entropy(logits, ids, logp, rest), F.cross_entropy(logits, target))
 
 
+def test_a_top_k_mass_rounded_to_one_gives_no_nan():
+    # a peaked distribution: the top-k log-probabilities sum to 1 (or past it) in float arithmetic
+    # data written before `medusa.teacher.rest_log_mass` holds NaN there: the loss reads it as "no mass left"
+    ids, logp, student = torch.tensor([[0, 1]]), torch.tensor([[0.0, -60.0]]), torch.randn(1, 4)
+    out = L.soft_cross_entropy(student, ids, logp, torch.tensor([float("nan")]))
+    assert torch.isfinite(out)
+    assert out.item() == pytest.approx(L.soft_cross_entropy(student, ids, logp, torch.tensor([-1e4])).item())
+
+
+def test_rest_mass_is_finite_when_rounding_puts_the_top_k_at_or_past_one():
+    inside = torch.tensor([1e-12, 0.0, -0.5], dtype=torch.float64)  # log p_top: just past 1, exactly 1, 0.61
+    rest = M.rest_log_mass(inside)
+    assert torch.isfinite(rest).all()
+    assert rest[:2].tolist() == [-1e4, -1e4] and rest[2].item() == pytest.approx(math.log(1 - math.exp(-0.5)))
+
+
 def test_medusa_loss_mix_is_the_weighted_sum():
     torch.manual_seed(1)
     feats = torch.randn(2, 4, 6)

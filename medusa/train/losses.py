@@ -93,7 +93,8 @@ def soft_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, logp: torch.Tens
     outside = logits.scatter(1, ids, float("-inf"))
     student_rest = torch.logsumexp(outside, dim=-1) - lse  # log p_rest, -inf when k = V
     q = logp.float().exp()
-    r = rest_logp.float().exp()
+    # data written before medusa.teacher guarded it holds NaN where rounding put the top-k mass at 1
+    r = torch.nan_to_num(rest_logp.float(), nan=float("-inf")).exp()
     total = q.sum(dim=-1) + r
     q, r = q / total[:, None], r / total
     rest_term = torch.where(r > 0, r * student_rest, torch.zeros_like(r))
