@@ -131,9 +131,12 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int = 1024, repe
 
 
 def _time_verify(backbone: Backbone, verify: Any, cache: StaticKV, ctx: int, n: int, rows: int,
-                 config: LatencyConfig, gen: torch.Generator) -> tuple[list[float], float]:
-    """Times of repeated n-token verify forwards after `ctx` cached tokens, and the first call's time."""
+                 config: LatencyConfig, gen: torch.Generator, split: bool) -> tuple[list[float], float, float, float]:
+    """Repeated n-token verify forwards after `ctx` cached tokens: (times, first call's time, median
+    decoder time, median LM-head time). With `split` (eager) the forward is `verify`'s two parts
+    called one after the other, each timed; without (compiled: one graph) the parts are NaN."""
     device, dtype = backbone.device, backbone.dtype
+    decoder, lm_head = backbone.model.base_model, backbone.model.get_output_embeddings()
     ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
     pos = torch.arange(ctx, ctx + n, device=device)[None]
     # A causal block stands in for the tree mask: same shape, same cost.
@@ -141,45 +144,32 @@ def _time_verify(backbone: Backbone, verify: Any, cache: StaticKV, ctx: int, n: 
     mask[..., :ctx] = 0.0
     mask[..., ctx: ctx + n] = causal_mask(n, n, dtype, device)
     row_ids = torch.arange(rows, device=device)
-    times, first = [], float("nan")
+    times, dec_t, head_t, first = [], [], [], float("nan")
     for r in range(config.warmup + config.repeats + 1):
         cache.keep(ctx, torch.arange(0, device=device))  # back to `ctx` committed tokens
         _sync(device)
         t0 = time.perf_counter()
-        verify(ids, pos, mask, cache.hf_cache, row_ids)
+        if split:
+            h = decoder(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                        **{cache_kwarg(decoder): cache.hf_cache}).last_hidden_state[0]
+            _sync(device)
+            t1 = time.perf_counter()
+            lm_head(h[row_ids])
+        else:
+            verify(ids, pos, mask, cache.hf_cache, row_ids)
         _sync(device)
+        t2 = time.perf_counter()
         if r == 0:
-            first = time.perf_counter() - t0
+            first = t2 - t0
         elif r > config.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(t2 - t0)
+            if split:
+                dec_t.append(t1 - t0)
+                head_t.append(t2 - t1)
     cache.keep(ctx, torch.arange(0, device=device))
-    return times, first
-
-
-def _time_parts(backbone: Backbone, cache: StaticKV, ctx: int, n: int, config: LatencyConfig,
-                gen: torch.Generator) -> tuple[float, float]:
-    """Eager only: median times of the decoder alone and of the LM head alone on n rows."""
-    model, device = backbone.model, backbone.device
-    decoder, lm_head = model.base_model, model.get_output_embeddings()
-    ids = torch.randint(0, backbone.vocab_size, (1, n), generator=gen).to(device)
-    mask = torch.zeros(1, 1, n, cache.mask_width(n), dtype=backbone.dtype, device=device)
-    mask[..., ctx:] = causal_mask(n, n, backbone.dtype, device)
-    dec_t, head_t = [], []
-    for r in range(config.warmup + config.repeats):
-        cache.keep(ctx, torch.arange(0, device=device))
-        _sync(device)
-        t0 = time.perf_counter()
-        h = decoder(input_ids=ids, position_ids=torch.arange(ctx, ctx + n, device=device)[None], attention_mask=mask,
-                    use_cache=True, **{cache_kwarg(decoder): cache.hf_cache}).last_hidden_state
-        _sync(device)
-        t1 = time.perf_counter()
-        lm_head(h[0])
-        _sync(device)
-        if r >= config.warmup:
-            dec_t.append(t1 - t0)
-            head_t.append(time.perf_counter() - t1)
-    cache.keep(ctx, torch.arange(0, device=device))
-    return statistics.median(dec_t), statistics.median(head_t)
+    if not split:
+        return times, first, float("nan"), float("nan")
+    return times, first, statistics.median(dec_t), statistics.median(head_t)
 
 
 def _prefill_context(backbone: Backbone, ctx: int, capacity: int, full_width: bool, gen: torch.Generator) -> StaticKV:
@@ -218,9 +208,9 @@ def profile_backbone(backbone: Backbone, config: LatencyConfig, progress: bool =
     machine = {"weight_bytes": weight_bytes, "mem_bandwidth_gbs": bandwidth, "matmul_gflops": matmul,
                "floor_s": weight_bytes / (bandwidth * 1e9), "mode": config.mode, "repeats": config.repeats}
     prov = Provenance.collect(str(device), backbone.dtype).as_dict()
-    verify = verify_function(backbone)
+    verify = None  # eager: `_time_verify` calls the two parts of `verify_function` itself, to time each
     if compiled:
-        verify = backbone.compiled("verify", lambda: Compiled(verify, "verify", device))
+        verify = backbone.compiled("verify", lambda: Compiled(verify_function(backbone), "verify", device))
     gen = torch.Generator().manual_seed(0)
     rows = []
     total = len(config.contexts) * len(config.n_queries)
@@ -230,8 +220,8 @@ def profile_backbone(backbone: Backbone, config: LatencyConfig, progress: bool =
         for n in config.n_queries:
             lm_rows = min(n, ALL_ROWS_MAX_NODES) if compiled else n
             load_start = load_average()
-            times, first = _time_verify(backbone, verify, cache, ctx, n, lm_rows, config, gen)
-            dec_s, head_s = (float("nan"), float("nan")) if compiled else _time_parts(backbone, cache, ctx, n, config, gen)
+            times, first, dec_s, head_s = _time_verify(backbone, verify, cache, ctx, n, lm_rows, config, gen,
+                                                        split=not compiled)
             median = statistics.median(times)
             compute_floor = forward_flops(backbone, n, lm_rows) / (matmul * 1e9)
             rows.append({

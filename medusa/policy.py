@@ -33,7 +33,7 @@ from medusa.hybrid import HybridConfig, hybrid_tree, priority_paths
 from medusa.lookup import LookupConfig, lookup_chain
 from medusa.tree_attention import TreeBuffers, buffers_from_parents, tree_buffers, tree_candidates
 from trees.confidence import ConfidenceMap
-from trees.dynamic import DynamicConfig, dynamic_tree
+from trees.dynamic import DynamicConfig, DynamicTree, dynamic_tree
 from trees.tree import Tree
 
 
@@ -99,10 +99,14 @@ class DynamicPolicy:
         self.node_budget = config.budget
         self.name = f"dynamic_{config.budget}"
 
-    def step(self, heads: Any, hidden: torch.Tensor, tokens: Sequence[int], root: int) -> StepTree:
+    def heads_tree(self, heads: Any, hidden: torch.Tensor, tokens: Sequence[int], budget: int) -> tuple[torch.Tensor, DynamicTree]:
+        """The heads' top-k ids (K, top_k) and this step's best tree of `budget` nodes over them."""
         ids, probs = scored_topk(heads, hidden, tokens, self.top_k)  # (K, top_k) each
         calibrated = self.confidence.apply(probs[: self.depth].float().cpu())
-        dt = dynamic_tree(calibrated, DynamicConfig(self.config.budget, self.depth, self.top_k))
+        return ids, dynamic_tree(calibrated, DynamicConfig(budget, self.depth, self.top_k))
+
+    def step(self, heads: Any, hidden: torch.Tensor, tokens: Sequence[int], root: int) -> StepTree:
+        ids, dt = self.heads_tree(heads, hidden, tokens, self.config.budget)
         buffers = buffers_from_parents(dt.parents, dt.depth, dt.head, dt.rank0, tree=dt.tree(self.name),
                                        device=self.device)
         return StepTree(tree_candidates(buffers, root, ids), buffers)
@@ -129,9 +133,7 @@ class LookupPolicy:
         chain = lookup_chain(tokens, self.lookup)  # tokens end with the pending root
         part = self.heads_part
         if isinstance(part, DynamicPolicy):
-            ids, probs = scored_topk(heads, hidden, tokens, part.top_k)
-            calibrated = part.confidence.apply(probs[: part.depth].float().cpu())
-            dt = dynamic_tree(calibrated, DynamicConfig(self.hybrid.budget, part.depth, part.top_k))
+            ids, dt = part.heads_tree(heads, hidden, tokens, self.hybrid.budget)
             paths = priority_paths(dt)
         else:
             tree = part.buffers.tree
