@@ -59,7 +59,7 @@ import torch
 
 from common.cli import Parser, add_threads, apply_threads, quiet_libraries, run_cli
 from common.errors import MissingResult, WorkbenchError
-from common.io import atomic_write, display, read_json, write_csv, write_json
+from common.io import display, read_json, write_csv, write_json, write_parquet
 from common.paths import DEFAULT_HEADS_DIR, SCRATCH_CALIBRATION, scratch_calibration_dir
 from common.provenance import Provenance
 from medusa.backbone import Backbone, load_backbone
@@ -331,7 +331,7 @@ def _measured(parts: list[pd.DataFrame], prob_parts: list[pd.DataFrame] | None) 
 # ---- writing ------------------------------------------------------------------------------------
 def write_ranks(ranks: pd.DataFrame, path: Path) -> Path:
     if path.suffix == ".parquet":
-        return atomic_write(path, lambda p: ranks.to_parquet(p, index=False))
+        return write_parquet(ranks, path)
     return write_csv(ranks, path)
 
 

@@ -118,6 +118,11 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
     return atomic_write(path, df.to_csv(index=False, lineterminator="\n", **kwargs))
 
 
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """`df.to_parquet(path, index=False)` through `atomic_write`."""
+    return atomic_write(path, lambda p: df.to_parquet(p, index=False))
+
+
 def write_json(data: Any, path: str | os.PathLike, indent: int | None = 2) -> Path:
     """JSON (sorted as given, trailing newline) through `atomic_write`."""
     return atomic_write(path, json.dumps(data, indent=indent, default=str) + "\n")

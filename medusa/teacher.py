@@ -12,10 +12,16 @@ t+2 lies in an assistant turn, so head 1 has a target; see `positions_of`), a sh
     rest_logp.npy   (rows,)   float32  log of the probability mass outside the top k
     seq.npy, pos.npy (rows,)  int32    the record (index in the shard's `keys`) and position t
     scored.npy      (rows,)   bool     token t+1 is assistant text (this row's distribution is a target)
+    next_id.npy     (rows,)   int32    token t+1 of the text (shards written before it existed get it
+                                       with `--backfill-next-ids`, tokenization only)
     meta.json                          keys (prompt hashes) of the shard's records, rows, positions
 
 Head k (1-based) on the hidden state at position t is trained against the distribution over
 token t+k+1, i.e. the row of position t+k of the same record (`medusa.train.cache.TeacherCache`).
+
+`next_id` against the stored argmax says where the text follows the backbone's own greedy path:
+head k at t is "on the path" when tokens t+1..t+k of the text are the backbone's argmax at
+t..t+k-1, which is the only case decoding ever asks head k about (`--on-path` in stage 1).
 
 Each shard is a folder written atomically (`common.io.atomic_folder`); a rerun skips every record
 already in a shard (by prompt key), so positions are never stored twice, and raising `--limit`
@@ -32,6 +38,7 @@ Usage::
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -57,6 +64,7 @@ from medusa.distill import check_same_settings, read_run
 RUN_FILE = "run.json"
 SHARD_PREFIX = "shard-"
 ARRAYS = ("hidden", "topk_ids", "topk_logp", "rest_logp", "seq", "pos", "scored")
+NEXT_ID = "next_id"  # written by every run since it existed; older shards get it by backfill
 
 
 @dataclass(frozen=True)
@@ -186,6 +194,8 @@ def read_shard(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
+        if (folder / f"{NEXT_ID}.npy").is_file():
+            arrays[NEXT_ID] = np.load(folder / f"{NEXT_ID}.npy", mmap_mode="r")
     except (OSError, ValueError) as e:
         raise WorkbenchError(f"teacher shard {folder} is unreadable ({e}); delete it to rebuild") from None
     return arrays, meta
@@ -193,9 +203,9 @@ def read_shard(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def write_shard(folder: Path, records: Sequence[tuple[str, dict[str, np.ndarray]]]) -> int:
     """Write one shard of (key, arrays incl. pos/scored) records atomically; returns its rows."""
-    cols: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+    cols: dict[str, list[np.ndarray]] = {name: [] for name in (*ARRAYS, NEXT_ID)}
     for i, (_, arr) in enumerate(records):
-        for name in ARRAYS:
+        for name in cols:
             cols[name].append(np.full(len(arr["pos"]), i, dtype=np.int32) if name == "seq" else arr[name])
     with atomic_folder(folder) as tmp:
         for name, parts in cols.items():
@@ -260,7 +270,8 @@ def build_teacher_data(config: TeacherConfig, out_dir: str | os.PathLike, progre
             if len(pos) == 0:
                 continue
             shard.append((p.key, {**teacher_forward(backbone, ids, pos, config.top_k),
-                                  "pos": pos.astype(np.int32), "scored": scored}))
+                                  "pos": pos.astype(np.int32), "scored": scored,
+                                  NEXT_ID: np.asarray(ids, dtype=np.int32)[pos + 1]}))
             tokens += len(ids)
             bar.update(1)
         if shard:
@@ -280,6 +291,42 @@ def build_teacher_data(config: TeacherConfig, out_dir: str | os.PathLike, progre
     return run
 
 
+def backfill_next_ids(out_dir: str | os.PathLike, backbone: Backbone | None = None) -> int:
+    """Add next_id.npy to the shards of `out_dir` that lack it (tokenization only); returns shards filled.
+
+    The records are found by key among the folder's source conversations and tokenized exactly as
+    the run did (`conversation_ids` with its max_tokens); a record whose tokens no longer give the
+    stored positions is an error, never a silent misalignment.
+    """
+    out = Path(out_dir)
+    run = read_run(out)
+    if run.get("kind") != "teacher":
+        raise WorkbenchError(f"{out} is not a medusa.teacher folder")
+    todo = [s for s in iter_shards(out) if not (s / f"{NEXT_ID}.npy").is_file()]
+    if not todo:
+        return 0
+    settings = run["settings"]
+    backbone = backbone or load_backbone(settings["backbone"], dtype=settings["dtype"])
+    by_key = {p.key: p for p in load_prompts(settings["source"], multi_turn=True, report=LoadReport())}
+    for shard in todo:
+        arrays, meta = read_shard(shard)
+        seq, pos = np.asarray(arrays["seq"]), np.asarray(arrays["pos"])
+        next_id = np.empty(len(pos), dtype=np.int32)
+        for i, key in enumerate(meta["keys"]):
+            if key not in by_key:
+                raise WorkbenchError(f"{shard}: record {key[:12]} is no longer in {settings['source']}; cannot backfill")
+            ids, spans = conversation_ids(backbone, by_key[key].messages, settings["max_tokens"])
+            rows = np.flatnonzero(seq == i)
+            want, _ = positions_of(spans, len(ids))
+            if not np.array_equal(want, pos[rows]):
+                raise WorkbenchError(f"{shard}: record {key[:12]} tokenizes differently now; cannot backfill")
+            next_id[rows] = np.asarray(ids, dtype=np.int32)[pos[rows] + 1]
+        buf = io.BytesIO()
+        np.save(buf, next_id)
+        atomic_write(shard / f"{NEXT_ID}.npy", buf.getvalue())
+    return len(todo)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     d = TeacherConfig()
     p = Parser(prog="python -m medusa.teacher", description=__doc__.split("\n")[0])
@@ -296,7 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--records-per-shard", type=int, default=d.records_per_shard)
     add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--backfill-next-ids", action="store_true",
+                   help="only add next_id.npy to shards written before it existed, then stop")
     args = p.parse_args(argv)
+    if args.backfill_next_ids:
+        apply_threads(args.threads)
+        print(f"{args.out}: next_id added to {backfill_next_ids(args.out)} shards")
+        return 0
     config = TeacherConfig(backbone=args.backbone, dtype=args.dtype, source=args.source, split=args.split,
                            top_k=args.top_k, max_tokens=args.max_tokens, limit=args.limit, offset=args.offset,
                            records_per_shard=args.records_per_shard)

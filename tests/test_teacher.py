@@ -257,3 +257,60 @@ def test_soft_loss_on_self_distilled_data_is_one_line(tmp_path, capsys):
     rc = run_cli(C.main, ["--stage", "1", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--loss", "soft"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "teacher-forced" in err and "\n" not in err
+
+
+# ---- the greedy path: next_id and --on-path -----------------------------------------------------
+def test_on_path_keeps_head_k_only_where_the_text_followed_the_argmax_for_k_tokens():
+    """Rows 0..5 are positions 0..5 of one record; the text agrees with the argmax at rows 0, 1, 3, 4."""
+    seq, pos, scored = np.zeros(6, int), np.arange(6), np.ones(6, bool)
+    rows = teacher_target_rows(seq, pos, scored, 3)
+    argmax = np.array([7, 8, 9, 10, 11, 12])
+    next_id = np.array([7, 8, 0, 10, 11, 0])          # rows 2 and 5 left the greedy path
+    from medusa.train.cache import on_path_rows
+    got = on_path_rows(rows, argmax[:, None], next_id)
+    assert got[0].tolist() == [1, 2, -1]    # tokens 1, 2 greedy; token 3 not
+    assert got[1].tolist() == [2, -1, -1]
+    assert got[2].tolist() == [-1, -1, -1]  # its own next token is off the path: no head has a target
+    assert got[3].tolist() == [4, 5, -1]    # head 3 would need row 6: there is none
+    assert got[4].tolist() == [5, -1, -1]
+
+
+def test_next_ids_are_the_texts_next_tokens_and_backfill_rebuilds_them(conversations, tmp_path, tiny):
+    out = tmp_path / "out"
+    M.build_teacher_data(cfg(conversations, limit=8), out, progress=False)
+    first = json.loads(conversations.read_text().splitlines()[0])["messages"]
+    ids, _ = M.conversation_ids(tiny, first, 2048)
+    shard = next(M.iter_shards(out))
+    arrays, _ = M.read_shard(shard)
+    rows = np.flatnonzero(np.asarray(arrays["seq"]) == 0)
+    assert np.asarray(arrays["next_id"])[rows].tolist() == [ids[p + 1] for p in np.asarray(arrays["pos"])[rows]]
+    written = {s.name: np.load(s / "next_id.npy") for s in M.iter_shards(out)}
+    for s in M.iter_shards(out):
+        (s / "next_id.npy").unlink()
+    with pytest.raises(Exception, match="backfill-next-ids"):
+        open_teacher_cache(str(out), 3, 32, on_path=True)
+    assert M.backfill_next_ids(out) == len(written)
+    assert all(np.array_equal(np.load(s / "next_id.npy"), written[s.name]) for s in M.iter_shards(out))
+    assert M.backfill_next_ids(out) == 0
+
+
+def test_stage1_on_path_trains_on_fewer_deeper_targets(conversations, tmp_path):
+    M.build_teacher_data(cfg(conversations), tmp_path / "teacher", progress=False)
+    every = open_teacher_cache(str(tmp_path / "teacher"), 3, 32)
+    on = open_teacher_cache(str(tmp_path / "teacher"), 3, 32, on_path=True)
+    assert 0 < on.meta["targets_by_head"][0] <= every.meta["targets_by_head"][0]
+    assert on.meta["targets_by_head"] == sorted(on.meta["targets_by_head"], reverse=True)
+    config = TrainConfig(data=str(tmp_path / "teacher"), eval_data=str(tmp_path / "teacher"), out=str(tmp_path / "out"),
+                         steps=4, batch_size=16, num_heads=3, eval_every=4, save_every=1000, on_path=True,
+                         cache_root=str(tmp_path / "cache"))
+    rec = T.train_stage1(config, progress=False)
+    assert rec["train_rows"] == on.rows and rec["cache"]["on_path"] is True
+
+
+def test_on_path_with_self_distilled_data_is_one_line(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "shard-00000.jsonl").write_text(json.dumps({"key": "a", "ids": [1, 2, 3, 4], "spans": [[1, 4]]}) + "\n")
+    from medusa.train import cli as C
+    rc = run_cli(C.main, ["--stage", "1", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--on-path"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "--on-path" in err and "\n" not in err

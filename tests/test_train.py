@@ -115,6 +115,45 @@ def test_tiny_heads_learn_a_deterministic_toy_language(toy, backbone, projection
     assert acc[0] == "head,topk,accuracy,count" and len(acc) == 1 + 4 * 10
 
 
+def test_final_evaluation_writes_the_held_out_ranks_for_the_replay_model(toy, backbone):
+    import pandas as pd
+
+    from trees.acceptance_model import replay_model_from_ranks
+    T.train_stage1(config(toy, steps=120, eval_every=120), progress=False)
+    out = toy["root"] / "out"
+    ranks = pd.read_parquet(out / T.EVAL_RANKS)
+    acc = pd.read_csv(out / "accuracy.csv")
+    samples = read_samples(str(toy["eval"]))
+    assert ranks.prompt.nunique() == len(samples) == 8
+    targets = np.concatenate([L.head_targets(s.ids, s.spans, 4)[1] for s in samples])  # cache row order
+    assert len(ranks) == targets.size
+    for k in range(1, 5):
+        got = ranks[ranks["head"] == k].rank0.to_numpy()
+        want = acc[(acc["head"] == k) & (acc["topk"] == 1)].accuracy.item()
+        assert (got[targets[:, k - 1] != L.IGNORE] == 0).mean() == pytest.approx(want, abs=1e-6)  # accuracy.csv keeps 6 digits
+        assert (got[targets[:, k - 1] == L.IGNORE] == -1).all()
+    replay = replay_model_from_ranks(ranks)
+    assert replay.positions == len(ranks) // 4
+
+
+def test_head_ranks_are_the_targets_place_in_each_heads_top_list():
+    heads = MedusaHeads.for_backbone(tiny_backbone())
+    h = torch.randn(5, heads.config.hidden_size)
+    with torch.no_grad():
+        order = heads(h).argsort(dim=-1, descending=True)  # (K, 5, V)
+    tgt = torch.stack([order[k, :, k] for k in range(heads.num_heads)], dim=1)  # head k's target at rank k-1
+    tgt[2, 1] = L.IGNORE
+    tgt[3, 0] = order[0, 3, 50]
+    ranks = L.head_ranks(heads, h, tgt, chunk=2)
+    want = np.tile(np.arange(heads.num_heads), (5, 1))
+    want[2, 1] = -1
+    want[3, 0] = -1  # rank 50 is outside the top 10
+    assert ranks.tolist() == want.tolist()
+    acc = L.accuracy_from_ranks(ranks, tgt)
+    assert acc[(acc["head"] == 2)].set_index("topk").loc[[1, 2], "accuracy"].tolist() == [0.0, 1.0]
+    assert acc[(acc["head"] == 2)]["count"].iloc[0] == 4 and acc[(acc["head"] == 3)]["count"].iloc[0] == 5
+
+
 def test_sampled_vocab_training_still_learns(toy, backbone):
     rec = T.train_stage1(config(toy, train_vocab="seen", negatives=32), progress=False)
     assert rec["train_vocab_size"] == 16

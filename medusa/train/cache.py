@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -33,7 +34,7 @@ from common.errors import WorkbenchError
 from common.io import atomic_folder, ensure_writable
 from medusa.backbone import Backbone
 from medusa.distill import Sample, data_parts, read_run
-from medusa.teacher import done_keys, read_shard
+from medusa.teacher import NEXT_ID, done_keys, read_shard
 from medusa.teacher import iter_shards as teacher_shards
 from medusa.train.losses import IGNORE, SoftTargets, head_targets
 
@@ -69,6 +70,17 @@ class HiddenCache:
             hs.append(np.asarray(self.parts[p][0][local], dtype=np.float32))
             ts.append(np.asarray(self.parts[p][1][local], dtype=np.int64))
         return torch.from_numpy(np.concatenate(hs)).to(device), torch.from_numpy(np.concatenate(ts)).to(device)
+
+
+def sample_positions(samples: Sequence[Sample], num_heads: int) -> pd.DataFrame:
+    """(prompt, position) of every row of the samples' cache, in row order: the key of its sample and
+    t counted from the first row of that sample (rows are consecutive positions of generated text)."""
+    keys, positions = [], []
+    for s in samples:
+        pos, _ = head_targets(s.ids, s.spans, num_heads)
+        keys += [s.key] * len(pos)
+        positions.append(pos - (pos[0] if len(pos) else 0))
+    return pd.DataFrame({"prompt": keys, "position": np.concatenate(positions) if positions else np.zeros(0, int)})
 
 
 def cache_key(backbone: Backbone, samples: Sequence[Sample], num_heads: int) -> str:
@@ -237,8 +249,30 @@ class TeacherCache:
         return torch.from_numpy(seen.astype(np.int64))
 
 
-def open_teacher_cache(spec: str, num_heads: int, hidden_size: int) -> TeacherCache:
-    """The teacher-forced shards of one or more `medusa.teacher` folders (comma-separated) as training rows."""
+def on_path_rows(target_rows: np.ndarray, topk_ids: np.ndarray, next_id: np.ndarray) -> np.ndarray:
+    """`target_rows` with head k's target at t dropped (-1) unless the text's tokens t+1..t+k are the
+    backbone's argmax at t..t+k-1: the only case in which decoding asks head k anything.
+
+    `teacher_target_rows` already requires rows t..t+k to be consecutive positions of one record,
+    so row r+j is position t+j; `agree[r]` says the text's next token is the argmax at row r.
+    """
+    agree = np.asarray(topk_ids[:, 0]) == np.asarray(next_id)
+    out = target_rows.copy()
+    r = np.arange(len(agree))
+    on = np.ones(len(agree), dtype=bool)
+    for k in range(1, target_rows.shape[1] + 1):
+        ahead = r + k - 1
+        on &= np.where(ahead < len(agree), agree[np.minimum(ahead, len(agree) - 1)], False)
+        out[~on, k - 1] = -1
+    return out
+
+
+def open_teacher_cache(spec: str, num_heads: int, hidden_size: int, on_path: bool = False) -> TeacherCache:
+    """The teacher-forced shards of one or more `medusa.teacher` folders (comma-separated) as training rows.
+
+    With `on_path`, head k at t trains only where the text followed the backbone's greedy path for
+    k tokens (`on_path_rows`); that needs the shards' next_id.npy.
+    """
     parts = []
     keys: set[str] = set()
     for folder in data_parts(spec):
@@ -251,12 +285,18 @@ def open_teacher_cache(spec: str, num_heads: int, hidden_size: int) -> TeacherCa
             keys.update(meta["keys"])
             target_rows = teacher_target_rows(np.asarray(arrays["seq"]), np.asarray(arrays["pos"]),
                                               np.asarray(arrays["scored"]), num_heads)
+            if on_path:
+                if NEXT_ID not in arrays:
+                    raise WorkbenchError(f"{shard} has no {NEXT_ID}.npy (written before it existed); run "
+                                         f"`python -m medusa.teacher --out {folder} --backfill-next-ids` first")
+                target_rows = on_path_rows(target_rows, arrays["topk_ids"], arrays[NEXT_ID])
             kept = np.flatnonzero((target_rows >= 0).any(axis=1))
             parts.append((arrays, kept, target_rows))
     if not parts:
         raise WorkbenchError(f"{spec} holds no teacher shards; run `python -m medusa.teacher --out {spec}` first")
-    return TeacherCache(parts, {"kind": "teacher", "shards": len(parts), "records": len(keys),
-                                "chunks_built": 0, "build_s": 0.0})
+    targets = np.stack([(t[kept] >= 0).sum(axis=0) for _, kept, t in parts]).sum(axis=0)
+    return TeacherCache(parts, {"kind": "teacher", "shards": len(parts), "records": len(keys), "on_path": on_path,
+                                "targets_by_head": [int(x) for x in targets], "chunks_built": 0, "build_s": 0.0})
 
 
 def teacher_summary(spec: str, cache: TeacherCache) -> dict[str, Any]:

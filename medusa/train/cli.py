@@ -80,6 +80,9 @@ def add_stage1_args(p: argparse.ArgumentParser) -> None:
                    help="hard: CE on the backbone's argmax; soft: CE against its top-k distribution "
                         "(teacher-forced --data from medusa.teacher); mix: (1 - w) hard + w soft")
     g.add_argument("--soft-weight", type=float, default=d.soft_weight, help="w of --loss mix")
+    g.add_argument("--on-path", action="store_true", default=None,
+                   help="teacher-forced --data: train head k at t only where the text's tokens t+1..t+k are "
+                        "the backbone's own argmax (the greedy path decoding follows)")
 
 
 def add_stage2_args(p: argparse.ArgumentParser) -> None:

@@ -71,6 +71,7 @@ class TrainConfig(CommonTrainConfig):
     cache_only: bool = False
     loss: str = "hard"
     soft_weight: float = 0.5
+    on_path: bool = False
 
     @property
     def effective_soft_weight(self) -> float:

@@ -13,7 +13,8 @@ plus one "rest" bucket holding the remaining mass); `--loss mix` is
 `ProjectedHeads` wraps the heads with their LM projection for stage 1 (what DDP
 wraps); with `--train-vocab seen` its softmax runs over the tokens seen as targets plus negatives
 drawn per step (`draw_negatives`, seeded by the step so a resumed run draws the same ones).
-`topk_accuracy` scores heads on held-out rows over the full vocabulary.
+`topk_accuracy` scores heads on held-out rows over the full vocabulary (from `head_ranks`, which
+the final evaluation of stage 1 also writes as a ranks table for the replay model).
 """
 
 from __future__ import annotations
@@ -216,30 +217,41 @@ class ProjectedHeads(nn.Module):
 
 
 @torch.no_grad()
-def topk_accuracy(
-    heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024, topk: int = TOPK
-) -> pd.DataFrame:
-    """Cumulative top-1..topk accuracy per head (1-based) on rows of hidden (N, H) / targets (N, K)."""
+def head_ranks(heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024,
+               topk: int = TOPK) -> np.ndarray:
+    """(N, K) 0-based rank of each row's target among head k's top `topk` tokens (full vocabulary);
+    -1 where it is not among them or the row has no target for that head (IGNORE)."""
     K = heads.num_heads
-    hits = torch.zeros(K, topk, dtype=torch.long)
-    counts = torch.zeros(K, dtype=torch.long)
+    out = np.full((hidden.shape[0], K), -1, dtype=np.int64)
     param = next(iter(heads.parameters()), heads.projection(0).weight)
     for i in range(0, hidden.shape[0], chunk):
         h = hidden[i : i + chunk].to(device=param.device, dtype=param.dtype)
         tgt = targets[i : i + chunk].to(param.device)
-        logits = heads(h)  # (K, b, V)
-        top = logits.topk(topk, dim=-1).indices  # (K, b, topk)
-        for k in range(K):
-            valid = tgt[:, k] != IGNORE
-            match = top[k][valid] == tgt[valid, k][:, None]  # (n, topk), at most one True per row
-            hits[k] += match.cumsum(dim=1).sum(dim=0).cpu()
-            counts[k] += int(valid.sum())
+        top = heads(h).topk(topk, dim=-1).indices  # (K, b, topk)
+        match = top == tgt.T[:, :, None]           # (K, b, topk), at most one True per row; never for IGNORE
+        rank = torch.where(match.any(-1), match.int().argmax(-1), -1)  # (K, b)
+        out[i : i + chunk] = rank.T.cpu().numpy()
+    return out
+
+
+def accuracy_from_ranks(ranks: np.ndarray, targets: torch.Tensor | np.ndarray, topk: int = TOPK) -> pd.DataFrame:
+    """Cumulative top-1..topk accuracy per head (1-based) from `head_ranks`, over rows with a target."""
+    valid = np.asarray(targets) != IGNORE
     rows = []
-    for k in range(K):
+    for k in range(ranks.shape[1]):
+        r = ranks[valid[:, k], k]
+        n = len(r)
         for j in range(topk):
-            n = int(counts[k])
-            rows.append({"head": k + 1, "topk": j + 1, "accuracy": float(hits[k, j]) / n if n else float("nan"), "count": n})
+            hit = int(((r >= 0) & (r <= j)).sum())
+            rows.append({"head": k + 1, "topk": j + 1, "accuracy": hit / n if n else float("nan"), "count": n})
     return pd.DataFrame(rows, columns=["head", "topk", "accuracy", "count"])
+
+
+def topk_accuracy(
+    heads: MedusaHeads, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024, topk: int = TOPK
+) -> pd.DataFrame:
+    """Cumulative top-1..topk accuracy per head (1-based) on rows of hidden (N, H) / targets (N, K)."""
+    return accuracy_from_ranks(head_ranks(heads, hidden, targets, chunk, topk), targets, topk)
 
 
 def top1_by_head(accuracy: pd.DataFrame | None) -> dict[int, Any]:

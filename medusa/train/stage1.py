@@ -55,7 +55,7 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder, atomic_write, ensure_writable, write_csv
+from common.io import atomic_folder, atomic_write, ensure_writable, write_csv, write_parquet
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, read_samples
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
@@ -65,6 +65,7 @@ from medusa.train.cache import (
     TeacherCache,
     build_cache,
     open_teacher_cache,
+    sample_positions,
     teacher_keys,
     teacher_summary,
 )
@@ -72,15 +73,17 @@ from medusa.train.config import TrainConfig
 from medusa.train.inputs import check_data_fits, data_summary
 from medusa.train.losses import (
     ProjectedHeads,
+    accuracy_from_ranks,
     draw_negatives,
+    head_ranks,
     head_weights,
     top1_by_head,
-    topk_accuracy,
 )
 from medusa.train.record import write_training_record
 from medusa.train.schedule import batch_indices, cosine_lr, eval_subset
 
 CHECKPOINT = "checkpoint"
+EVAL_RANKS = "eval_ranks.parquet"  # held-out ranks of the final evaluation (self-distilled --eval-data)
 FLOAT_FORMAT = "%.6g"
 
 
@@ -134,6 +137,8 @@ def read_data(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """Training and held-out samples (read before the backbone loads, so bad data fails fast)."""
     if not config.data or not config.out:
         raise WorkbenchError("--data and --out are required")
+    if config.on_path and not teacher_data(config.data):
+        raise WorkbenchError(f"--on-path needs teacher-forced data (python -m medusa.teacher); {config.data} is self-distilled")
     if teacher_data(config.data):
         train: list[Sample] = []
     elif config.effective_soft_weight > 0:
@@ -153,7 +158,7 @@ def open_cache(spec: str, samples: list[Sample], config: TrainConfig, backbone: 
                progress: bool) -> HiddenCache | TeacherCache:
     """Teacher-forced shards as they are, or the hidden-state cache of distilled samples."""
     if teacher_data(spec):
-        return open_teacher_cache(spec, config.num_heads, backbone.hidden_size)
+        return open_teacher_cache(spec, config.num_heads, backbone.hidden_size, config.on_path and spec == config.data)
     return build_cache(backbone, samples, config.num_heads, config.cache_root, progress=progress)
 
 
@@ -238,16 +243,28 @@ def train_step(config: TrainConfig, trainer: Trainer, cache: HiddenCache | Teach
             **{f"loss_head{k + 1}": float(per_head[k]) for k in range(config.num_heads)}}
 
 
-def evaluate(heads: MedusaHeads, cache: HiddenCache | TeacherCache, rows: np.ndarray, step: int) -> pd.DataFrame:
-    """Top-1..10 accuracy per head on held-out `rows`, tagged with `step`."""
+def evaluate(heads: MedusaHeads, cache: HiddenCache | TeacherCache, rows: np.ndarray,
+             step: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Top-1..10 accuracy per head on held-out `rows`, tagged with `step`, and the (rows, K) ranks."""
     h, tgt = cache.batch(rows)
     heads.eval()
     try:
-        table = topk_accuracy(heads, h, tgt)
+        ranks = head_ranks(heads, h, tgt)
     finally:
         heads.train()
+    table = accuracy_from_ranks(ranks, tgt)
     table.insert(0, "step", step)
-    return table
+    return table, ranks
+
+
+def ranks_table(ranks: np.ndarray, samples: list[Sample], num_heads: int) -> pd.DataFrame:
+    """The held-out ranks as a tidy ranks table (prompt, position, head, rank0), what
+    `bench.calibrate` writes for the replay model, from the heads' final evaluation of every row."""
+    where = sample_positions(samples, num_heads)
+    return pd.DataFrame({"prompt": np.repeat(where["prompt"].to_numpy(), num_heads),
+                         "position": np.repeat(where["position"].to_numpy(), num_heads),
+                         "head": np.tile(np.arange(1, num_heads + 1), len(where)),
+                         "rank0": ranks.reshape(-1)})
 
 
 def write_logs(out: Path, log: RunLog) -> None:
@@ -291,8 +308,10 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
         if done % config.eval_every == 0 or done == config.steps:
             if main and data.eval_cache is not None:
                 rows = final_rows if done == config.steps else eval_rows
-                table = evaluate(accelerator.unwrap_model(trainer.module).heads, data.eval_cache, rows, done)
+                table, ranks = evaluate(accelerator.unwrap_model(trainer.module).heads, data.eval_cache, rows, done)
                 log.accuracy.append(table)
+                if done == config.steps and data.eval and len(rows) == data.eval_cache.rows:
+                    write_parquet(ranks_table(ranks, data.eval, config.num_heads), out / EVAL_RANKS)
                 top1 = table[table.topk == 1].accuracy.tolist()
                 bar.write(f"step {done}: top-1 " + " ".join(f"h{k + 1}={a:.3f}" for k, a in enumerate(top1)))
             if main:
