@@ -29,6 +29,10 @@ function -> file stem):
   5. ``tree``: `searched_tree` -> searched_tree
   6. ``validation``: `acceptance_validation` -> acceptance_validation
   9. ``pareto``: `pareto_front` -> pareto_<front>
+- `analysis.fig_confidence` (``calibration/<heads>/confidence.csv``):
+  10. ``confidence``: `reliability` -> confidence_reliability
+- `analysis.fig_heads_study` (``heads_study.csv``, `bench.heads_study`):
+  11. ``heads-study``: `recipe_study` -> heads_study
 - `analysis.fig_machine` (machine and training: ``latency/``, ``heads/``):
   7. ``latency``: `latency_profile` -> latency_<device>
   8. ``training``: `training_curves` -> training_<heads>
@@ -52,6 +56,8 @@ from analysis.fig_bench import (
     tree_budget,
     typical_acceptance,
 )
+from analysis.fig_confidence import reliability
+from analysis.fig_heads_study import recipe_study
 from analysis.fig_machine import latency_profile, training_curves
 from analysis.fig_trees import (
     acceptance_validation,
@@ -83,6 +89,8 @@ FIGURES: dict[str, FigureSpec] = {
     "latency": FigureSpec(latency_profile, "verify time against query tokens with machine floors"),
     "training": FigureSpec(training_curves, "training curves of the shipped heads"),
     "pareto": FigureSpec(pareto_front, "Pareto front of accepted length against verify time (optuna --pareto)"),
+    "confidence": FigureSpec(reliability, "calibrated confidence of the heads' probabilities (per-step trees)"),
+    "heads-study": FigureSpec(recipe_study, "heads recipe study: top-1 per head and replayed accepted length"),
 }
 
 

@@ -24,6 +24,7 @@ from bench.summarize import summarize_run
 from bench.validate import VALIDATION_COLUMNS
 from common.paths import REFERENCE_RUN
 from trees.acceptance_model import expected_tokens, marginals_from_ranks, path_stats_from_ranks
+from trees.confidence import fit_confidence
 from trees.optuna_search import PARETO_COLUMNS
 from trees.search import search_tree
 from trees.tree import Tree, preset
@@ -128,6 +129,17 @@ def build(root: str | Path, seed: int = 0) -> Path:
     (cal / "calibration.json").write_text(json.dumps({
         "backbone": BACKBONE, "heads": HEADS, "device": "cpu", "dtype": "float32", "prompts": 6,
         "prompts_done": 6, "positions": 240, "top_r": TOP_R, "complete": True}, indent=1))
+    # confidence map from planted candidates: a candidate of probability p is the true token with chance p**0.8
+    cand = pd.DataFrame({"head": np.repeat(np.arange(1, K + 1), 400), "prob": rng.uniform(0, 1, 400 * K)})
+    cand["hit"] = rng.uniform(0, 1, len(cand)) < cand["prob"] ** 0.8
+    fit_confidence(cand).save(cal / "confidence.csv")
+    # the heads recipe study (bench.heads_study): two runs
+    pd.DataFrame([{"run": run, "data": data, "loss": "hard", "on_path": on, "train_rows": 1000 * (i + 1),
+                   "steps": 300, "eval_data": "data/distill/eval",
+                   **{f"top1_h{k}": (0.3 + 0.1 * i) / k for k in range(1, K + 1)},
+                   **{f"tau_{b}": 1.2 + 0.1 * i + 0.05 * j for j, b in enumerate((5, 16, 64))}}
+                  for i, (run, data, on) in enumerate((("a", "teacher", False), ("b", "teacher", True)))]
+                 ).to_csv(root / "heads_study.csv", index=False)
     trees = {b: search_tree("empirical", b, marg, stats).tree for b in (8, 16, 32, 64)}
     optuna = Tree.from_paths(trees[16].paths, name="optuna_64", meta={"method": "optuna", "predicted_tokens_per_s": 30.0})
     for t in trees.values():
