@@ -46,3 +46,10 @@ def test_a_folder_without_a_held_out_evaluation_is_one_line(toy, backbone, tmp_p
 def test_bad_budgets_are_one_line(tmp_path, capsys, budgets):
     assert run_cli(H.main, [str(tmp_path), "--budgets", budgets]) == 2
     assert "--budgets" in capsys.readouterr().err
+
+
+def test_an_evaluation_only_run_carries_the_recipe_of_the_heads_it_evaluated(toy, backbone):  # noqa: F811
+    T.train_stage1(config(toy, "a", steps=60, eval_every=60), progress=False)
+    T.train_stage1(config(toy, "b", steps=0, init_heads=str(toy["root"] / "a")), progress=False)
+    a, b = H.study_row(toy["root"] / "a", (5,)), H.study_row(toy["root"] / "b", (5,))
+    assert b["run"] == "b" and b["steps"] == 60 and b["data"] == a["data"] and b["tau_5"] == a["tau_5"]

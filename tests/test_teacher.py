@@ -314,3 +314,12 @@ def test_on_path_with_self_distilled_data_is_one_line(tmp_path, capsys):
     rc = run_cli(C.main, ["--stage", "1", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--on-path"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "--on-path" in err and "\n" not in err
+
+
+def test_max_samples_keeps_whole_teacher_shards_in_order(conversations, tmp_path):
+    M.build_teacher_data(cfg(conversations), tmp_path / "teacher", progress=False)  # 6 records per shard
+    every = open_teacher_cache(str(tmp_path / "teacher"), 3, 32)
+    assert every.meta["records"] == 20
+    some = open_teacher_cache(str(tmp_path / "teacher"), 3, 32, max_records=7)
+    assert some.meta["records"] == 12 and some.meta["shards"] == 2 and some.rows < every.rows
+    assert open_teacher_cache(str(tmp_path / "teacher"), 3, 32, max_records=6).meta["records"] == 6

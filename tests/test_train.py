@@ -383,3 +383,17 @@ def test_new_records_carry_provenance(toy, backbone):
     assert written["provenance"]["dtype"] == "float32"
     assert not {"git_commit", "device", "torch_threads"} & set(written)
     assert R.upgrade_training_record(written) == written
+
+
+def test_zero_steps_evaluates_the_init_heads_only(toy, backbone, capsys):
+    T.train_stage1(config(toy, "a", steps=60, eval_every=60), progress=False)
+    a = toy["root"] / "a"
+    rec = T.train_stage1(config(toy, "b", steps=0, init_heads=str(a)), progress=False)
+    b = toy["root"] / "b"
+    assert (b / "accuracy.csv").read_text() == (a / "accuracy.csv").read_text()
+    assert (b / T.EVAL_RANKS).is_file() and rec["token_samples_seen"] == 0
+    assert torch.equal(load_heads(a, backbone)(torch.ones(1, backbone.hidden_size)),
+                       load_heads(b, backbone)(torch.ones(1, backbone.hidden_size)))
+    rc = run_cli(C.main, ["--stage", "1", "--data", str(toy["train"]), "--out", str(toy["root"] / "c"), "--steps", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--init-heads" in err and "\n" not in err

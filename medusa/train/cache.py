@@ -267,31 +267,34 @@ def on_path_rows(target_rows: np.ndarray, topk_ids: np.ndarray, next_id: np.ndar
     return out
 
 
-def open_teacher_cache(spec: str, num_heads: int, hidden_size: int, on_path: bool = False) -> TeacherCache:
+def open_teacher_cache(spec: str, num_heads: int, hidden_size: int, on_path: bool = False,
+                       max_records: int | None = None) -> TeacherCache:
     """The teacher-forced shards of one or more `medusa.teacher` folders (comma-separated) as training rows.
 
     With `on_path`, head k at t trains only where the text followed the backbone's greedy path for
-    k tokens (`on_path_rows`); that needs the shards' next_id.npy.
+    k tokens (`on_path_rows`); that needs the shards' next_id.npy. `max_records` keeps whole shards,
+    in order, until that many records are in (a data-size point of a study).
     """
     parts = []
     keys: set[str] = set()
-    for folder in data_parts(spec):
-        for shard in teacher_shards(folder):
-            arrays, meta = read_shard(shard)
-            if arrays["hidden"].shape[1] != hidden_size:
-                raise WorkbenchError(f"{shard} holds hidden states of size {arrays['hidden'].shape[1]}, not {hidden_size}")
-            if keys & set(meta["keys"]):
-                raise WorkbenchError(f"{shard} repeats records of an earlier shard; give each folder once")
-            keys.update(meta["keys"])
-            target_rows = teacher_target_rows(np.asarray(arrays["seq"]), np.asarray(arrays["pos"]),
-                                              np.asarray(arrays["scored"]), num_heads)
-            if on_path:
-                if NEXT_ID not in arrays:
-                    raise WorkbenchError(f"{shard} has no {NEXT_ID}.npy (written before it existed); run "
-                                         f"`python -m medusa.teacher --out {folder} --backfill-next-ids` first")
-                target_rows = on_path_rows(target_rows, arrays["topk_ids"], arrays[NEXT_ID])
-            kept = np.flatnonzero((target_rows >= 0).any(axis=1))
-            parts.append((arrays, kept, target_rows))
+    for shard in (s for folder in data_parts(spec) for s in teacher_shards(folder)):
+        if max_records is not None and len(keys) >= max_records:
+            break
+        arrays, meta = read_shard(shard)
+        if arrays["hidden"].shape[1] != hidden_size:
+            raise WorkbenchError(f"{shard} holds hidden states of size {arrays['hidden'].shape[1]}, not {hidden_size}")
+        if keys & set(meta["keys"]):
+            raise WorkbenchError(f"{shard} repeats records of an earlier shard; give each folder once")
+        keys.update(meta["keys"])
+        target_rows = teacher_target_rows(np.asarray(arrays["seq"]), np.asarray(arrays["pos"]),
+                                          np.asarray(arrays["scored"]), num_heads)
+        if on_path:
+            if NEXT_ID not in arrays:
+                raise WorkbenchError(f"{shard} has no {NEXT_ID}.npy (written before it existed); run "
+                                     f"`python -m medusa.teacher --out {shard.parent} --backfill-next-ids` first")
+            target_rows = on_path_rows(target_rows, arrays["topk_ids"], arrays[NEXT_ID])
+        kept = np.flatnonzero((target_rows >= 0).any(axis=1))
+        parts.append((arrays, kept, target_rows))
     if not parts:
         raise WorkbenchError(f"{spec} holds no teacher shards; run `python -m medusa.teacher --out {spec}` first")
     targets = np.stack([(t[kept] >= 0).sum(axis=0) for _, kept, t in parts]).sum(axis=0)

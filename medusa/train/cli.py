@@ -50,7 +50,8 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-heads", type=int, default=d.num_heads, help="number of heads")
     p.add_argument("--layers", type=int, default=d.num_layers, dest="num_layers", help="residual blocks per head")
     p.add_argument("--lm-projection", default=d.lm_projection, choices=("shared", "own"))
-    p.add_argument("--steps", type=int, default=None, help=f"default: stage 1 {d.steps}, stage 2 {d2.steps}")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"default: stage 1 {d.steps}, stage 2 {d2.steps}; stage 1 --steps 0 only evaluates --init-heads")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"global batch: stage 1 positions (default {d.batch_size}), stage 2 sequences (default {d2.batch_size})")
     p.add_argument("--lr", type=float, default=None, help=f"default: stage 1 {d.lr}, stage 2 (backbone) {d2.lr}")
@@ -69,7 +70,7 @@ def add_stage1_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-rows", type=int, default=d.eval_rows, help="held-out positions scored per evaluation")
     g.add_argument("--final-eval-rows", type=int, default=d.final_eval_rows, help="positions scored at the end (default: all)")
     g.add_argument("--save-every", type=int, default=d.save_every)
-    g.add_argument("--max-samples", type=int, default=d.max_samples, help="use only the first N distilled samples")
+    g.add_argument("--max-samples", type=int, default=d.max_samples, help="use only the first N distilled samples (teacher-forced data: records, in whole shards)")
     g.add_argument("--proj-dtype", default=d.proj_dtype, help="float32 or bfloat16 for the LM projection")
     g.add_argument("--cache-root", default=d.cache_root, help="hidden-state cache folder")
     g.add_argument("--train-vocab", default=d.train_vocab, choices=TRAIN_VOCABS,

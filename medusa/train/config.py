@@ -80,7 +80,9 @@ class TrainConfig(CommonTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _at_least_one(self, ("steps", "batch_size", "eval_every", "save_every", "eval_rows"))
+        _at_least_one(self, ("batch_size", "eval_every", "save_every", "eval_rows"))
+        if self.steps < 0 or (self.steps == 0 and not (self.init_heads and self.eval_data)):
+            raise WorkbenchError(f"steps must be >= 1 (0 only evaluates --init-heads on --eval-data), got {self.steps}")
         if self.lr <= 0:
             raise WorkbenchError(f"lr must be > 0, got {self.lr}")
         if self.train_vocab not in TRAIN_VOCABS:

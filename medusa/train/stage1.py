@@ -158,7 +158,8 @@ def open_cache(spec: str, samples: list[Sample], config: TrainConfig, backbone: 
                progress: bool) -> HiddenCache | TeacherCache:
     """Teacher-forced shards as they are, or the hidden-state cache of distilled samples."""
     if teacher_data(spec):
-        return open_teacher_cache(spec, config.num_heads, backbone.hidden_size, config.on_path and spec == config.data)
+        return open_teacher_cache(spec, config.num_heads, backbone.hidden_size, config.on_path and spec == config.data,
+                                  config.max_samples if spec == config.data else None)
     return build_cache(backbone, samples, config.num_heads, config.cache_root, progress=progress)
 
 
@@ -319,6 +320,11 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
         if done % config.save_every == 0 and done < config.steps:
             save_checkpoint(accelerator, out / CHECKPOINT, done, config, log)
     bar.close()
+    if config.steps == 0 and main and data.eval_cache is not None:  # evaluation only: a baseline for the study
+        table, ranks = evaluate(trainer.heads, data.eval_cache, final_rows, 0)
+        log.accuracy.append(table)
+        if data.eval and len(final_rows) == data.eval_cache.rows:
+            write_parquet(ranks_table(ranks, data.eval, config.num_heads), out / EVAL_RANKS)
 
 
 def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
@@ -338,7 +344,7 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
         "eval_rows": min(config.eval_rows, held_out.rows) if held_out is not None else 0,
         "final_eval_rows": final_rows,
         "token_samples_seen": config.steps * config.batch_size,
-        "epochs": round(config.steps * config.batch_size / cache.rows, 3),
+        "epochs": round(config.steps * config.batch_size / max(cache.rows, 1), 3),
         "top1_accuracy_by_head": top1_by_head(log.accuracy[-1] if log.accuracy else None),
         "final_loss": log.loss[-1]["loss"] if log.loss else None,
         "cache_s": round(data.cache_s, 1),
