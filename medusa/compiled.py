@@ -115,13 +115,18 @@ class CompiledProposer:
         key = (top_k, scored)
         if key not in self._fns:
             heads = self.heads
+            # Heads over a sub-vocabulary (`medusa.subvocab`) rank their own columns: map back to token ids.
+            ids = getattr(heads, "token_ids", None)
+
+            def as_tokens(index: torch.Tensor) -> torch.Tensor:
+                return ids[index] if ids is not None else index
 
             def propose(hidden: torch.Tensor) -> torch.Tensor:
-                return torch.topk(heads(hidden), top_k, dim=-1).indices
+                return as_tokens(torch.topk(heads(hidden), top_k, dim=-1).indices)
 
             def propose_scored(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 top = torch.topk(torch.softmax(heads(hidden).float(), dim=-1), top_k, dim=-1)
-                return top.indices, top.values
+                return as_tokens(top.indices), top.values
 
             fn = propose_scored if scored else propose
             self._fns[key] = Compiled(fn, f"heads top-{top_k}{' scored' if scored else ''}", self.device)

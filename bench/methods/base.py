@@ -28,16 +28,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from common.errors import WorkbenchError
+from common.paths import REPO_ROOT
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
 from medusa.compiled import CompiledProposer
 from medusa.decode import DecodeConfig, Proposer, StepStats, generate
 from medusa.policy import StaticPolicy, TreePolicy
+from medusa.subvocab import SubVocabHeads, proposal_vocab
 from trees.tree import Tree
 
 
@@ -158,6 +161,9 @@ class EngineMethod(Method):
             elif depth > self.heads.num_heads:
                 raise WorkbenchError(f"method {self.name}: tree {self.policy.name} has depth {depth} "
                                      f"but the heads have only {self.heads.num_heads}")
+            vocab = getattr(self.options, "proposal_vocab", 0)
+            if vocab and isinstance(self.heads, torch.nn.Module):
+                self.heads = SubVocabHeads(self.heads, proposal_vocab(heads_folder(self.heads_name), vocab))
             if self.compile and isinstance(self.heads, torch.nn.Module):
                 # one compiled proposer per method; the heads module itself is shared and unchanged
                 self.heads = CompiledProposer(self.heads, self.backbone.device)
@@ -192,6 +198,12 @@ class EngineMethod(Method):
                               seed=seed)
         result = generate(self.backbone, self.heads, self.policy, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
+
+
+def heads_folder(heads_name: str) -> Path:
+    """The folder of a run's heads name (``<folder>@<fingerprint>``; the shipped folder is relative to the repository)."""
+    folder = Path(heads_name.split("@")[0])
+    return folder if folder.is_absolute() or folder.exists() else REPO_ROOT / folder
 
 
 def tree_of(context: MethodContext, method: str) -> Tree:

@@ -55,10 +55,18 @@ class HiddenCache:
     def rows(self) -> int:
         return int(self.offsets[-1])
 
+    def target_counts(self, vocab_size: int) -> np.ndarray:
+        """(V,) how often each token id is a target, over all heads and rows."""
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for _, t in self.parts:
+            t = np.asarray(t).ravel()
+            counts += np.bincount(t[t != IGNORE], minlength=vocab_size)[:vocab_size]
+        return counts
+
     def target_vocab(self) -> torch.Tensor:
         """Sorted token ids that occur as a target anywhere in the cache."""
-        seen = np.unique(np.concatenate([np.unique(np.asarray(t)) for _, t in self.parts]))
-        return torch.from_numpy(seen[seen != IGNORE].astype(np.int64))
+        top = max((int(np.asarray(t).max()) for _, t in self.parts if len(t)), default=0)
+        return torch.from_numpy(np.flatnonzero(self.target_counts(max(top, 0) + 1)))
 
     def batch(self, idx: np.ndarray, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states (n, H) fp32 and targets (n, K) of global rows `idx` (returned in sorted order)."""
@@ -243,10 +251,18 @@ class TeacherCache:
             rest.append(torch.from_numpy(np.asarray(arrays["rest_logp"][flat], dtype=np.float32).reshape(n, K)))
         return SoftTargets(torch.cat(ids).to(device), torch.cat(logp).to(device), torch.cat(rest).to(device))
 
+    def target_counts(self, vocab_size: int) -> np.ndarray:
+        """(V,) how often each token id is a hard target (the argmax at a head's target row), over all heads."""
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        for arrays, kept, t in self.parts:
+            rows = t[kept]
+            counts += np.bincount(np.asarray(arrays["topk_ids"][rows[rows >= 0], 0]), minlength=vocab_size)[:vocab_size]
+        return counts
+
     def target_vocab(self) -> torch.Tensor:
         """Sorted token ids that occur as a hard target anywhere in the data."""
-        seen = np.unique(np.concatenate([np.asarray(a["topk_ids"][t[t >= 0], 0]) for a, _, t in self.parts]))
-        return torch.from_numpy(seen.astype(np.int64))
+        top = max(int(np.asarray(a["topk_ids"][:, 0]).max()) for a, _, _ in self.parts)
+        return torch.from_numpy(np.flatnonzero(self.target_counts(top + 1)))
 
 
 def on_path_rows(target_rows: np.ndarray, topk_ids: np.ndarray, next_id: np.ndarray) -> np.ndarray:

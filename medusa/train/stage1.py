@@ -38,6 +38,7 @@ resume, run the steps (train, evaluate, log, checkpoint), write the outputs.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import time
@@ -59,6 +60,7 @@ from common.io import atomic_folder, atomic_write, ensure_writable, write_csv, w
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, read_samples
 from medusa.heads import HeadsConfig, MedusaHeads, load_heads
+from medusa.subvocab import TARGET_COUNTS
 from medusa.teacher import is_teacher_folder
 from medusa.train.cache import (
     HiddenCache,
@@ -363,10 +365,15 @@ def summary(spec: str, samples: list[Sample], cache: HiddenCache | TeacherCache)
 
 
 def write_outputs(out: Path, record: dict[str, Any], heads: MedusaHeads, train: list[Sample],
-                  device: str, dtype: torch.dtype, keys: list[str] | None = None) -> dict[str, Any]:
-    """Heads + config.json, training_record.json and prompts.txt; the checkpoint is removed."""
+                  device: str, dtype: torch.dtype, cache: HiddenCache | TeacherCache,
+                  keys: list[str] | None = None) -> dict[str, Any]:
+    """Heads + config.json, the training targets' counts (`medusa.subvocab`), training_record.json
+    and prompts.txt; the checkpoint is removed."""
     heads.save(out, extra={"training": {k: record[k] for k in ("stage", "train_data", "top1_accuracy_by_head",
                                                                 "token_samples_seen")}})
+    counts = io.BytesIO()
+    np.save(counts, cache.target_counts(heads.config.vocab_size))
+    atomic_write(out / TARGET_COUNTS, counts.getvalue())
     record = write_training_record(out, record, device, dtype)
     ids = keys if keys is not None else sorted({s.key for s in train})
     atomic_write(out / "prompts.txt", "# sha256 prompt keys (medusa.data.prompt_hash) of the training prompts\n"
@@ -403,6 +410,6 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
         record = stage1_record(config, trainer, data, log, start_step, accelerator.num_processes, timings)
         heads = accelerator.unwrap_model(trainer.module).heads
         keys = teacher_keys(config.data) if isinstance(data.train_cache, TeacherCache) else None
-        record = write_outputs(out, record, heads, train, device, dtype, keys)
+        record = write_outputs(out, record, heads, train, device, dtype, data.train_cache, keys)
     accelerator.wait_for_everyone()
     return record
