@@ -112,3 +112,24 @@ def test_compiled_proposals_of_sub_vocabulary_heads_are_token_ids(bb):
         ids, probs = proposer.propose_scored(hidden, [], 3)
         want_ids, want_probs = sub.propose_scored(hidden, [], 3)
         assert torch.equal(ids, want_ids) and torch.allclose(probs, want_probs, atol=1e-6)
+
+
+def test_heads_speed_microbenchmark_runs_on_a_tiny_model(bb, tmp_path, capsys):
+    from unittest import mock
+
+    import pandas as pd
+
+    from bench import heads_speed as S
+    from common.cli import run_cli
+
+    folder = trained_like(bb, "shared").save(tmp_path / "heads")
+    np.save(folder / TARGET_COUNTS, np.arange(bb.vocab_size))
+    with mock.patch.object(S, "load_backbone", lambda *a, **k: bb):
+        rc = run_cli(S.main, ["--heads", str(folder), "--sizes", "0,32", "--modes", "eager", "--calls", "2",
+                              "--out", str(tmp_path / "t.csv")])
+        assert rc == 0
+        table = pd.read_csv(tmp_path / "t.csv")
+        assert table["vocab"].tolist() == [bb.vocab_size, 32] and (table["ms_per_call"] > 0).all()
+        assert table["coverage"].iloc[0] == 1.0 and 0 < table["coverage"].iloc[1] < 1
+        assert run_cli(S.main, ["--heads", str(folder), "--modes", "fast"]) == 2
+    assert "--modes" in capsys.readouterr().err
