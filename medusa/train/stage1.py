@@ -59,7 +59,7 @@ from common.errors import WorkbenchError
 from common.io import atomic_folder, atomic_write, ensure_writable, write_csv, write_parquet
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, read_samples
-from medusa.heads import HeadsConfig, MedusaHeads, load_heads
+from medusa.heads import HeadsConfig, MedusaHeads, heads_fingerprint, load_heads
 from medusa.subvocab import TARGET_COUNTS
 from medusa.teacher import is_teacher_folder
 from medusa.train.cache import (
@@ -354,6 +354,8 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
         "train_s_this_run": round(timings["train_s"], 1),
         "wall_s_this_run": round(timings["wall_s"], 1),
         "resumed_from_step": start_step,
+        # which weights a fine-tune started from (its folder may since hold other heads)
+        "init_heads_fingerprint": heads_fingerprint(config.init_heads) if config.init_heads else None,
         "processes": world,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
