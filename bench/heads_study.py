@@ -43,10 +43,8 @@ def recipe(record: dict[str, Any]) -> dict[str, Any]:
     """The recipe columns of a run, from its training record (of the heads it evaluated, for a
     `--steps 0` run: that is an evaluation of other heads, not a recipe of its own)."""
     config = record.get("config", {})
-    if config.get("steps") == 0 and config.get("init_heads"):
-        source = Path(config["init_heads"]) / "training_record.json"
-        if source.is_file():
-            return recipe(read_json(source, "training record"))
+    if config.get("steps") == 0 and record.get("evaluated_heads_record"):
+        return recipe(record["evaluated_heads_record"])
     data = record.get("train_data") or {}
     kind = data.get("kind", "self-distilled") if data.get("kind") == "teacher" else "self-distilled"
     init = config.get("init_heads") or ""

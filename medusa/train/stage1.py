@@ -56,7 +56,14 @@ from accelerate.utils import broadcast_object_list
 from tqdm import tqdm
 
 from common.errors import WorkbenchError
-from common.io import atomic_folder, atomic_write, ensure_writable, write_csv, write_parquet
+from common.io import (
+    atomic_folder,
+    atomic_write,
+    ensure_writable,
+    read_json,
+    write_csv,
+    write_parquet,
+)
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, read_samples
 from medusa.heads import HeadsConfig, MedusaHeads, heads_fingerprint, load_heads
@@ -356,6 +363,9 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
         "resumed_from_step": start_step,
         # which weights a fine-tune started from (its folder may since hold other heads)
         "init_heads_fingerprint": heads_fingerprint(config.init_heads) if config.init_heads else None,
+        # --steps 0 evaluates other heads: keep their recipe with the evaluation
+        "evaluated_heads_record": read_json(Path(config.init_heads) / "training_record.json", "training record")
+        if config.steps == 0 and (Path(config.init_heads) / "training_record.json").is_file() else None,
         "processes": world,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
