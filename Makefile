@@ -146,11 +146,14 @@ bench: venv
 # searched on the compiled profile.
 COMPILED_RUN ?= results/bench/compiled-$(THREADS)t
 COMPILED_LIMIT ?= 1
+# medusa-compiled's heads propose from their 16384 most frequent training targets (medusa/subvocab.py)
+PROPOSAL_VOCAB ?= 16384
 bench-compiled: venv
 	rm -rf $(COMPILED_RUN) $(COMPILED_RUN)-shard*
 	pids=""; for i in 0 1; do \
 		$(BENCH) --methods hf-greedy,hf-greedy-compiled,ar,ar-compiled,hf-pld,medusa,medusa-compiled \
 			--limit $(COMPILED_LIMIT) --turns 2 --max-new-tokens 128 --tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
+			--method-option medusa-compiled.proposal_vocab=$(PROPOSAL_VOCAB) \
 			--shard $$i/2 --out $(COMPILED_RUN)-shard$$i & pids="$$pids $$!"; \
 	done; for p in $$pids; do wait $$p || exit 1; done
 	$(PY) -m bench.merge --out $(COMPILED_RUN) $(COMPILED_RUN)-shard*
