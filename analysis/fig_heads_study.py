@@ -21,7 +21,8 @@ COMMAND = "python -m bench.heads_study --out results/heads_study.csv <heads fold
 def run_label(row: Any) -> str:
     path = ", on-path" if str(row["on_path"]).lower() == "true" else ""
     rows = f"{int(row['train_rows']) / 1000:.0f}k" if row["train_rows"] == row["train_rows"] else "?"
-    return f"{row['data']}, {row['loss']}{path}, {rows} pos, {int(row['steps'])} steps"
+    blocks = f", {int(row['layers'])} blocks" if "layers" in row and row["layers"] == row["layers"] and int(row["layers"]) > 1 else ""
+    return f"{row['data']}, {row['loss']}{path}{blocks}, {rows} pos, {int(row['steps'])} steps"
 
 
 def recipe_study(results: Path, out: Path, **_: Any) -> list[Path]:
@@ -41,11 +42,12 @@ def recipe_study(results: Path, out: Path, **_: Any) -> list[Path]:
     acc.set_ylim(bottom=0)
     acc.set_title("(a) top-1 per head")
     tau.set_xscale("log")
+    tau.minorticks_off()
     tau.set_xticks(budgets, [str(b) for b in budgets])
     tau.set_xlabel("node budget (tokens verified per step)")
     tau.set_ylabel("replayed tokens per step")
     tau.set_title("(b) accepted length, replay model")
-    acc.legend(frameon=False, fontsize=6)
+    tau.legend(frameon=False, fontsize=6, loc="lower right")
     evals = ", ".join(sorted({str(e) for e in table.get("eval_data", [])}))
     caption(fig, f"Medusa-1 heads, held-out self-distilled text: {evals}; "
                  f"{len(table)} runs from {load.display(results / STUDY_FILE)}")
