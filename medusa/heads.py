@@ -160,6 +160,19 @@ class MedusaHeads(nn.Module):
         return directory
 
 
+def deepen(heads: MedusaHeads, num_layers: int) -> MedusaHeads:
+    """The same function with `num_layers` blocks per head: the trained blocks first, then new
+    zero-initialised blocks, which are the identity (`ResBlock`), so training can start from
+    trained shallower heads."""
+    if num_layers < heads.config.num_layers:
+        raise WorkbenchError(f"cannot deepen {heads.config.num_layers}-block heads to {num_layers} blocks")
+    deeper = MedusaHeads(replace(heads.config, num_layers=num_layers), heads._base_lm_head[0])
+    state = deeper.state_dict()
+    state.update(heads.state_dict())  # block i of head k keeps its name blocks.k.i
+    deeper.load_state_dict(state)
+    return deeper
+
+
 def heads_fingerprint(directory: str | os.PathLike) -> str:
     """First 16 hex digits of the sha256 of ``heads.safetensors``: which trained weights a result used."""
     if is_official_layout(directory):  # the official layout's weights (medusa/official_layout.py)

@@ -59,3 +59,22 @@ def test_bad_config_values():
         HeadsConfig(num_heads=0)
     with pytest.raises(WorkbenchError):
         HeadsConfig(lm_projection="tied")
+
+
+def test_deepened_heads_compute_the_same_function_and_keep_their_blocks():
+    from medusa.heads import deepen
+    from medusa.testing import tiny_backbone
+
+    bb = tiny_backbone()
+    heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3, num_layers=1))
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.normal_(0, 0.1)
+    deeper = deepen(heads, 3)
+    h = torch.randn(5, bb.hidden_size)
+    assert deeper.config.num_layers == 3 and len(deeper.blocks[0]) == 3
+    assert torch.allclose(deeper(h), heads(h), atol=1e-6)
+    assert torch.equal(deeper.blocks[1][0].linear.weight, heads.blocks[1][0].linear.weight)
+    assert not deeper.blocks[1][2].linear.weight.any()
+    with pytest.raises(WorkbenchError, match="deepen"):
+        deepen(deeper, 2)

@@ -66,7 +66,7 @@ from common.io import (
 )
 from medusa.backbone import Backbone, load_backbone, parse_dtype
 from medusa.distill import Sample, read_samples
-from medusa.heads import HeadsConfig, MedusaHeads, heads_fingerprint, load_heads
+from medusa.heads import HeadsConfig, MedusaHeads, deepen, heads_fingerprint, load_heads
 from medusa.subvocab import TARGET_COUNTS
 from medusa.teacher import is_teacher_folder
 from medusa.train.cache import (
@@ -186,9 +186,12 @@ def build_caches(config: TrainConfig, backbone: Backbone, train: list[Sample], h
 
 
 def make_heads(config: TrainConfig, backbone: Backbone) -> MedusaHeads:
-    """Fresh heads (their initialisation draws no random numbers) or `--init-heads`, in fp32."""
+    """Fresh heads (their initialisation draws no random numbers) or `--init-heads` (deepened with
+    identity blocks when `--layers` asks for more than they have), in fp32."""
     if config.init_heads:
         heads = load_heads(config.init_heads, backbone)
+        if config.num_layers > heads.config.num_layers:  # --layers above the init heads': add identity blocks
+            heads = deepen(heads, config.num_layers)
     else:
         shape = HeadsConfig(num_heads=config.num_heads, num_layers=config.num_layers, lm_projection=config.lm_projection)
         heads = MedusaHeads.for_backbone(backbone, shape)
