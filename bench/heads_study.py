@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from common.cli import Parser, run_cli
+from common.cli import Parser, comma_list, run_cli
 from common.errors import WorkbenchError
 from common.io import read_json, write_csv
 from common.paths import RESULTS
@@ -104,10 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="the study table (rows of these runs replaced)")
     p.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="node budgets for the replayed tau")
     args = p.parse_args(argv)
-    try:
-        budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-    except ValueError:
-        raise WorkbenchError(f"--budgets must be integers separated by commas, got {args.budgets!r}") from None
+    budgets = comma_list(args.budgets, int, "--budgets")
     rows = [study_row(h, budgets) for h in args.heads]
     table = update_table(args.out, rows)
     cols = ["run", "data", "loss", "on_path", "train_rows", "layers", "steps", "top1_h1", "top1_h2",

@@ -10,6 +10,7 @@ so the old file stays intact until the new one is complete.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from common.errors import MissingResult, WorkbenchError
@@ -116,6 +118,13 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
     """`df.to_csv(path, index=False)` through `atomic_write`."""
     return atomic_write(path, df.to_csv(index=False, lineterminator="\n", **kwargs))
+
+
+def write_npy(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """`np.save(path, array)` through `atomic_write` (np.save would append .npy to a temporary name)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return atomic_write(path, buf.getvalue())
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:

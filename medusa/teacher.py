@@ -38,7 +38,6 @@ Usage::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
@@ -55,7 +54,7 @@ from tqdm import tqdm
 
 from common.cli import Parser, add_dtype, add_threads, apply_threads, run_cli
 from common.errors import WorkbenchError
-from common.io import atomic_folder, atomic_write, ensure_writable
+from common.io import atomic_folder, atomic_write, ensure_writable, write_npy
 from common.provenance import Provenance
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone
 from medusa.data import LoadReport, Prompt, check_split, load_prompts, split_of
@@ -321,9 +320,7 @@ def backfill_next_ids(out_dir: str | os.PathLike, backbone: Backbone | None = No
             if not np.array_equal(want, pos[rows]):
                 raise WorkbenchError(f"{shard}: record {key[:12]} tokenizes differently now; cannot backfill")
             next_id[rows] = np.asarray(ids, dtype=np.int32)[pos[rows] + 1]
-        buf = io.BytesIO()
-        np.save(buf, next_id)
-        atomic_write(shard / f"{NEXT_ID}.npy", buf.getvalue())
+        write_npy(next_id, shard / f"{NEXT_ID}.npy")
     return len(todo)
 
 

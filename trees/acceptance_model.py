@@ -44,7 +44,7 @@ Usage::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -389,11 +389,19 @@ def simulate_steps(ranks: np.ndarray, tree: Tree) -> list[int]:
     the next step starts A positions later; replay stops when s leaves the matrix.
     """
     paths = set(tree.paths)
+    return replay_walk(ranks, lambda s: paths)
+
+
+def replay_walk(ranks: np.ndarray, paths_at: Callable[[int], Collection[Path_]]) -> list[int]:
+    """The greedy engine's steps over one prompt's (positions, K) rank matrix: the step at position s
+    verifies the tree whose rank paths are `paths_at(s)` and accepts 1 + the longest of them that
+    the true ranks at s start with; the next step starts that many positions later."""
     out: list[int] = []
     s = 0
     while s < len(ranks):
+        paths = paths_at(s)
         a, prefix = 1, ()
-        for r in ranks[s][: tree.depth]:
+        for r in ranks[s]:
             prefix = prefix + (int(r),)
             if r < 0 or prefix not in paths:
                 break

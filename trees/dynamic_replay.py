@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.cli import Parser, run_cli
+from common.cli import Parser, comma_list, run_cli
 from common.errors import WorkbenchError
-from trees.acceptance_model import ReplayModel
+from trees.acceptance_model import ReplayModel, replay_walk
 from trees.confidence import CANDIDATES_FILES, ConfidenceMap, fit_confidence, load_candidates
 from trees.dynamic import DynamicConfig, dynamic_tree
 from trees.search import search
@@ -62,19 +62,7 @@ def prompt_candidates(candidates: pd.DataFrame) -> list[PromptCandidates]:
 def simulate_dynamic_steps(prompt: PromptCandidates, cmap: ConfidenceMap, config: DynamicConfig) -> list[int]:
     """Accepted length of each greedy step on one prompt with a tree rebuilt every step."""
     calibrated = cmap.apply(prompt.probs)  # (K, P, R)
-    out: list[int] = []
-    s = 0
-    while s < len(prompt.ranks):
-        paths = set(dynamic_tree(calibrated[:, s, :], config).paths)
-        a, prefix = 1, ()
-        for r in prompt.ranks[s]:
-            prefix = prefix + (int(r),)
-            if r < 0 or prefix not in paths:
-                break
-            a += 1
-        out.append(a)
-        s += a
-    return out
+    return replay_walk(prompt.ranks, lambda s: set(dynamic_tree(calibrated[:, s, :], config).paths))
 
 
 def dynamic_tokens_per_step(prompts: Sequence[PromptCandidates], cmap: ConfidenceMap, config: DynamicConfig) -> float:
@@ -106,10 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--calibration", required=True, help="calibration folder with probs.parquet (bench.calibrate --fresh)")
     p.add_argument("--budgets", default="5,16,64", help="node budgets, comma-separated")
     args = p.parse_args(argv)
-    try:
-        budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-    except ValueError:
-        raise WorkbenchError(f"--budgets must be integers separated by commas, got {args.budgets!r}") from None
+    budgets = comma_list(args.budgets, int, "--budgets")
     folder = Path(args.calibration)
     path = next((folder / f for f in CANDIDATES_FILES if (folder / f).is_file()), folder / CANDIDATES_FILES[0])
     print(static_vs_dynamic(load_candidates(path), budgets).to_string(index=False))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.methods.base import EngineMethod, MethodContext
+from bench.methods.base import EngineMethod, MethodContext, heads_folder
 from common.errors import WorkbenchError
 from common.paths import calibration_dir, committed_or_scratch, scratch_calibration_dir
 from medusa.acceptance import AcceptanceConfig
@@ -41,7 +41,7 @@ def confidence_source(heads_name: str, option: str) -> Path:
     """The confidence table a dynamic method reads: the option's file, else the heads' calibration folder."""
     if option:
         return Path(option)
-    name = Path(heads_name.split("@")[0]).name
+    name = heads_folder(heads_name).name
     return committed_or_scratch(calibration_dir(name), scratch_calibration_dir(name))
 
 

@@ -274,11 +274,11 @@ def on_path_rows(target_rows: np.ndarray, topk_ids: np.ndarray, next_id: np.ndar
     """
     agree = np.asarray(topk_ids[:, 0]) == np.asarray(next_id)
     out = target_rows.copy()
-    r = np.arange(len(agree))
     on = np.ones(len(agree), dtype=bool)
     for k in range(1, target_rows.shape[1] + 1):
-        ahead = r + k - 1
-        on &= np.where(ahead < len(agree), agree[np.minimum(ahead, len(agree) - 1)], False)
+        cut = max(len(agree) - k + 1, 0)
+        on[:cut] &= agree[k - 1:]  # row r also needs agree[r + k - 1]
+        on[cut:] = False           # ... which is past the last row
         out[~on, k - 1] = -1
     return out
 

@@ -38,7 +38,6 @@ resume, run the steps (train, evaluate, log, checkpoint), write the outputs.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import shutil
 import time
@@ -62,6 +61,7 @@ from common.io import (
     ensure_writable,
     read_json,
     write_csv,
+    write_npy,
     write_parquet,
 )
 from medusa.backbone import Backbone, load_backbone, parse_dtype
@@ -270,6 +270,17 @@ def evaluate(heads: MedusaHeads, cache: HiddenCache | TeacherCache, rows: np.nda
     return table, ranks
 
 
+def evaluate_into(log: RunLog, heads: MedusaHeads, data: Stage1Data, rows: np.ndarray, step: int, final: bool,
+                  out: Path) -> pd.DataFrame:
+    """Evaluate on held-out `rows`, append the table to `log`; the final evaluation of every
+    distilled held-out row also writes the ranks table (`EVAL_RANKS`)."""
+    table, ranks = evaluate(heads, data.eval_cache, rows, step)
+    log.accuracy.append(table)
+    if final and data.eval and len(rows) == data.eval_cache.rows:
+        write_parquet(ranks_table(ranks, data.eval, heads.config.num_heads), out / EVAL_RANKS)
+    return table
+
+
 def ranks_table(ranks: np.ndarray, samples: list[Sample], num_heads: int) -> pd.DataFrame:
     """The held-out ranks as a tidy ranks table (prompt, position, head, rank0), what
     `bench.calibrate` writes for the replay model, from the heads' final evaluation of every row."""
@@ -320,11 +331,8 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
         done = step + 1
         if done % config.eval_every == 0 or done == config.steps:
             if main and data.eval_cache is not None:
-                rows = final_rows if done == config.steps else eval_rows
-                table, ranks = evaluate(accelerator.unwrap_model(trainer.module).heads, data.eval_cache, rows, done)
-                log.accuracy.append(table)
-                if done == config.steps and data.eval and len(rows) == data.eval_cache.rows:
-                    write_parquet(ranks_table(ranks, data.eval, config.num_heads), out / EVAL_RANKS)
+                final = done == config.steps
+                table = evaluate_into(log, trainer.heads, data, final_rows if final else eval_rows, done, final, out)
                 top1 = table[table.topk == 1].accuracy.tolist()
                 bar.write(f"step {done}: top-1 " + " ".join(f"h{k + 1}={a:.3f}" for k, a in enumerate(top1)))
             if main:
@@ -333,10 +341,7 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
             save_checkpoint(accelerator, out / CHECKPOINT, done, config, log)
     bar.close()
     if config.steps == 0 and main and data.eval_cache is not None:  # evaluation only: a baseline for the study
-        table, ranks = evaluate(trainer.heads, data.eval_cache, final_rows, 0)
-        log.accuracy.append(table)
-        if data.eval and len(final_rows) == data.eval_cache.rows:
-            write_parquet(ranks_table(ranks, data.eval, config.num_heads), out / EVAL_RANKS)
+        evaluate_into(log, trainer.heads, data, final_rows, 0, True, out)
 
 
 def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
@@ -386,9 +391,7 @@ def write_outputs(out: Path, record: dict[str, Any], heads: MedusaHeads, train: 
     and prompts.txt; the checkpoint is removed."""
     heads.save(out, extra={"training": {k: record[k] for k in ("stage", "train_data", "top1_accuracy_by_head",
                                                                 "token_samples_seen")}})
-    counts = io.BytesIO()
-    np.save(counts, cache.target_counts(heads.config.vocab_size))
-    atomic_write(out / TARGET_COUNTS, counts.getvalue())
+    write_npy(cache.target_counts(heads.config.vocab_size), out / TARGET_COUNTS)
     record = write_training_record(out, record, device, dtype)
     ids = keys if keys is not None else sorted({s.key for s in train})
     atomic_write(out / "prompts.txt", "# sha256 prompt keys (medusa.data.prompt_hash) of the training prompts\n"
