@@ -147,3 +147,8 @@ class CompiledProposer:
         del token_ids
         with torch.no_grad():
             return self._fn(top_k, True)(hidden)
+
+    def propose_batch(self, hidden: torch.Tensor, top_k: int) -> torch.Tensor:
+        """hidden (A, H) -> token ids (A, K, top_k) (one compiled graph per batch size)."""
+        with torch.no_grad():
+            return self._fn(top_k, False)(hidden).transpose(0, 1)

@@ -119,6 +119,7 @@ class GenerationResult:
     stop_reason: str  # "eos" or "length"
     tree_name: str = ""
     node_budget: int = 1
+    queued_s: float = 0.0  # batched decoding (`medusa.batch`): time from the call to this request's prefill
 
     @property
     def new_tokens(self) -> int:

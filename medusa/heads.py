@@ -150,6 +150,11 @@ class MedusaHeads(nn.Module):
         top = torch.topk(torch.softmax(self(hidden).float(), dim=-1), top_k, dim=-1)
         return top.indices, top.values
 
+    @torch.no_grad()
+    def propose_batch(self, hidden: torch.Tensor, top_k: int) -> torch.Tensor:
+        """`propose` for a batch of rows in one call: hidden (A, H) -> token ids (A, K, top_k)."""
+        return torch.topk(self(hidden), top_k, dim=-1).indices.transpose(0, 1)
+
     # ---- persistence -------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write heads.safetensors + config.json into `directory` (each file replaced atomically)."""

@@ -175,3 +175,143 @@ def make_cache(kind: str, model: Any, capacity: int, full_width: bool = False) -
         return DynamicKV(model.config)
     device = next(model.parameters()).device
     return StaticKV(int(model.config.num_hidden_layers), capacity, full_width=full_width, device=device)
+
+
+class _BatchLayer(CacheLayerMixin):
+    """One layer's keys/values for all rows of a batch: (A, h, C, d), written at each row's tree slots."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, owner: BatchKV) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        slots = self.owner.write_slots(key_states.shape[-2])  # (A, n)
+        if self.owner.kind == "dynamic":  # transformers-style growth: append, rows' slots all at the end
+            self.keys = torch.cat([self.keys, key_states], dim=2)
+            self.values = torch.cat([self.values, value_states], dim=2)
+        else:
+            self.keys.scatter_(2, _expand(slots, self.keys), key_states.to(self.keys.dtype))
+            self.values.scatter_(2, _expand(slots, self.values), value_states.to(self.values.dtype))
+        width = self.owner.width + key_states.shape[-2]
+        return self.keys[:, :, :width], self.values[:, :, :width]
+
+    def get_mask_sizes(self, query: Any = 1, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        n = int(query.shape[0]) if isinstance(query, torch.Tensor) else int(query)
+        return self.owner.width + n, 0
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return self.owner.width
+
+    def get_max_length(self) -> int:
+        return self.owner.capacity
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        raise RuntimeError("a batch cache's rows come from prefilled requests (BatchKV.join), never from a forward")
+
+
+def _expand(slots: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Slot indices (A, n) as a gather/scatter index for (A, h, C, d) tensors."""
+    return slots[:, None, :, None].expand(like.shape[0], like.shape[1], slots.shape[1], like.shape[3])
+
+
+class BatchKV:
+    """KV cache of a batch whose rows have different lengths; rows join and leave between steps.
+
+    Row b holds its committed tokens in slots [0, lengths[b]) (slot j = position j, so no position
+    shift for padding); a verify writes the row's N tree tokens at `tree_start()[b]`, the mask
+    (`tree_attention.batch_verify_mask`) hides every other slot, and `keep` moves the kept nodes
+    down to lengths[b]. Two kinds, as for one request:
+    - ``static``: preallocated (A, h, `capacity`, d) buffers; tree tokens go right after each row's
+      own length (a scatter), so nothing is allocated per step.
+    - ``dynamic``: the tensors grow as transformers' `DynamicCache` grows them (the step's tokens
+      appended after the longest row) and are cut back to the longest row after each step.
+    A request is prefilled alone (`medusa.decode` phases, a one-request cache) and `join`ed, which
+    appends its row; `leave` drops finished rows. Both copy the cache once per request, not per step.
+    """
+
+    def __init__(self, kind: str, num_layers: int, capacity: int, device: torch.device | str = "cpu") -> None:
+        if kind not in ("static", "dynamic"):
+            raise ValueError(f"cache must be 'static' or 'dynamic', got {kind!r}")
+        self.kind = kind
+        self.capacity = capacity
+        self.device = torch.device(device)
+        self.lengths: list[int] = []
+        self.hf_cache = _Cache([_BatchLayer(self) for _ in range(num_layers)])
+
+    @property
+    def rows(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def width(self) -> int:
+        """Slots every row's forward sees before this step's tokens: the longest row."""
+        return max(self.lengths, default=0)
+
+    def lengths_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.lengths, dtype=torch.long, device=self.device)
+
+    def tree_start(self) -> torch.Tensor:
+        """(A,) the slot of each row's first tree token this step."""
+        if self.kind == "dynamic":
+            return torch.full((self.rows,), self.width, dtype=torch.long, device=self.device)
+        return self.lengths_tensor()
+
+    def write_slots(self, n: int) -> torch.Tensor:
+        return self.tree_start()[:, None] + torch.arange(n, device=self.device)
+
+    @torch.no_grad()
+    def join(self, single: KVCache) -> None:
+        """Append one prefilled request (a `StaticKV` or `DynamicKV` of one row) as the last row."""
+        n = single.length
+        for layer, one in zip(self.hf_cache.layers, single.hf_cache.layers):
+            keys, values = one.keys[:, :, :n], one.values[:, :, :n]
+            size = self.capacity if self.kind == "static" else max(self.width, n)
+            keys, values = _pad_slots(keys, size), _pad_slots(values, size)
+            if self.rows == 0:
+                layer.keys, layer.values = keys.contiguous(), values.contiguous()
+                layer.is_initialized = True
+            else:
+                layer.keys = torch.cat([_pad_slots(layer.keys, size), keys])
+                layer.values = torch.cat([_pad_slots(layer.values, size), values])
+        self.lengths.append(n)
+
+    @torch.no_grad()
+    def leave(self, keep_rows: list[int]) -> None:
+        """Keep only `keep_rows` (indices into the current rows, in order)."""
+        index = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
+        self.lengths = [self.lengths[r] for r in keep_rows]
+        for layer in self.hf_cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        self._cut()
+
+    @torch.no_grad()
+    def keep(self, past: list[int], tree_start: torch.Tensor, nodes: list[torch.Tensor]) -> None:
+        """Row b keeps its tree nodes `nodes[b]` (root first), moved to slots past[b] onwards."""
+        longest = max(int(a.shape[0]) for a in nodes)
+        # pad each row's path by repeating its last node: the copies land past the row's new length
+        padded = torch.stack([torch.cat([a, a[-1:].expand(longest - a.shape[0])]) for a in nodes])
+        src = tree_start[:, None] + padded.to(self.device)  # (A, longest)
+        dst = torch.tensor(past, dtype=torch.long, device=self.device)[:, None] + torch.arange(longest, device=self.device)
+        for layer in self.hf_cache.layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                t.scatter_(2, _expand(dst, t), t.gather(2, _expand(src, t)))
+        self.lengths = [p + int(a.shape[0]) for p, a in zip(past, nodes)]
+        self._cut()
+
+    def _cut(self) -> None:
+        """Dynamic kind: cut the tensors back to the longest row (what the next step appends after)."""
+        if self.kind != "dynamic":
+            return
+        for layer in self.hf_cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, : self.width], layer.values[:, :, : self.width]
+
+
+def _pad_slots(t: torch.Tensor, size: int) -> torch.Tensor:
+    """(A, h, S, d) zero-padded (or cut) to `size` slots."""
+    if t.shape[2] >= size:
+        return t[:, :, :size]
+    return torch.nn.functional.pad(t, (0, 0, 0, size - t.shape[2]))

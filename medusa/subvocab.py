@@ -105,3 +105,8 @@ class SubVocabHeads(nn.Module):
         del token_ids
         top = torch.topk(torch.softmax(self(hidden).float(), dim=-1), top_k, dim=-1)
         return self.token_ids[top.indices], top.values
+
+    @torch.no_grad()
+    def propose_batch(self, hidden: torch.Tensor, top_k: int) -> torch.Tensor:
+        """`propose` for a batch of rows in one call: hidden (A, H) -> token ids (A, K, top_k)."""
+        return self.token_ids[torch.topk(self(hidden), top_k, dim=-1).indices].transpose(0, 1)

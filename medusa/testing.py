@@ -6,7 +6,8 @@ Mistral with a sliding window, Gemma 3 with mixed local/global layers, Phi-3 wit
 windows of `TINY_WINDOW` tokens so that short tests cross them. `save_tiny_model(folder)` writes
 one with a small word-level tokenizer, a folder `--backbone` accepts (CLI tests). `OracleProposer`
 proposes the model's own future greedy tokens at rank 0 (so long paths are accepted) and random
-tokens at other ranks; `RandomProposer` proposes random tokens (so almost nothing is accepted).
+tokens at other ranks (`BatchOracleProposer`: one reference per request, for batched decoding);
+`RandomProposer` proposes random tokens (so almost nothing is accepted).
 """
 
 from __future__ import annotations
@@ -156,6 +157,19 @@ class OracleProposer:
         ids = self.propose(hidden, token_ids, top_k)
         probs = 0.5 ** torch.arange(1, top_k + 1, dtype=torch.float32)
         return ids, probs.expand(self.num_heads, top_k).clone().to(hidden.device)
+
+
+class BatchOracleProposer(OracleProposer):
+    """`OracleProposer` for several requests at once: each row reads the reference it continues."""
+
+    def __init__(self, references: Sequence[Sequence[int]], num_heads: int, vocab_size: int, seed: int = 0) -> None:
+        super().__init__([], num_heads, vocab_size, seed)
+        self.references = [list(r) for r in references]
+
+    def propose(self, hidden: torch.Tensor, token_ids: Sequence[int], top_k: int) -> torch.Tensor:
+        n = len(token_ids)
+        self.reference = next((r for r in self.references if r[:n] == list(token_ids)[: len(r)]), [])
+        return super().propose(hidden, token_ids, top_k)
 
 
 class RandomProposer:

@@ -103,13 +103,14 @@ def tree_candidates(buffers: TreeBuffers, root_token: int | torch.Tensor, head_t
     """Token per node: the root token, then head_topk[head-1, rank0] per node. -> (N,) long.
 
     `head_topk` is (K, top_k) token ids from the heads (K >= tree depth, top_k >= tree top_k).
+    Batched: head_topk (B, K, top_k) and root tokens (B,) -> (B, N).
     """
-    k, top_k = head_topk.shape
-    flat = torch.cat([head_topk.new_zeros(1), head_topk.reshape(-1)])
+    top_k = head_topk.shape[-1]
+    flat = torch.cat([head_topk.new_zeros(*head_topk.shape[:-2], 1), head_topk.flatten(-2)], dim=-1)
     # Root reads slot 0 (overwritten below); node i reads (head-1)*top_k + rank0, shifted by 1.
     index = torch.where(buffers.head > 0, (buffers.head - 1) * top_k + buffers.rank0 + 1, 0)
-    tokens = flat[index]
-    tokens[0] = root_token
+    tokens = flat[..., index]
+    tokens[..., 0] = root_token
     return tokens
 
 
@@ -246,6 +247,42 @@ def verify_attention_mask(
     key_pos = torch.arange(width, device=device)
     key_pos[past_len : past_len + n] = past_len + buffers.depth
     return _for_layout(mask[None, None], layout, past_len + buffers.depth, key_pos)
+
+
+def batch_verify_mask(
+    buffers: TreeBuffers,
+    lengths: torch.Tensor,
+    tree_start: torch.Tensor,
+    dtype: torch.dtype,
+    width: int,
+    layout: MaskLayout | None = None,
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """Additive 4D mask (A, 1, N, width) for A rows verifying the same tree shape (batched decoding).
+
+    Row b's cache holds its committed tokens in slots [0, lengths[b]) (slot j = position j) and this
+    step's N tree tokens in slots tree_start[b] + i (at position lengths[b] + depth[i]); every other
+    slot (padding, stale entries) is hidden. With one row and tree_start == lengths this is
+    `verify_attention_mask` row for row.
+    """
+    n = buffers.num_nodes
+    device = buffers.depth.device
+    lengths, tree_start = lengths.to(device), tree_start.to(device)
+    slot = torch.arange(width, device=device)
+    rel = slot[None, :] - tree_start[:, None]  # (A, W): tree node held by the slot, if 0 <= rel < n
+    in_tree = (rel >= 0) & (rel < n)
+    node = rel.clamp(0, n - 1)
+    ancestors = buffers.ancestor_mask[:, node].permute(1, 0, 2)  # (A, N, W): slot's node is an ancestor
+    allowed = (slot[None, None, :] < lengths[:, None, None]) | (in_tree[:, None, :] & ancestors)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    mask = mask[:, None]  # (A, 1, N, W)
+    if layout is None or layout.window is None:
+        return mask
+    key_pos = torch.where(in_tree, lengths[:, None] + buffers.depth[node], slot[None, :])  # (A, W)
+    query_pos = lengths[:, None] + buffers.depth[None, :]  # (A, N)
+    too_far = (query_pos[:, :, None] - key_pos[:, None, :]) >= layout.window  # (A, N, W)
+    sliding = mask.masked_fill(too_far[:, None], torch.finfo(dtype).min)
+    return {FULL: mask, SLIDING: sliding} if layout.mixed else sliding
 
 
 def causal_mask(
