@@ -33,6 +33,8 @@ function -> file stem):
   10. ``confidence``: `reliability` -> confidence_reliability
 - `analysis.fig_heads_study` (``heads_study.csv``, `bench.heads_study`):
   11. ``heads-study``: `recipe_study` -> heads_study
+- `analysis.fig_throughput` (``throughput/<run>/requests.csv``, `bench.throughput`):
+  12. ``batching``: `batching` -> batching_<run>
 - `analysis.fig_machine` (machine and training: ``latency/``, ``heads/``):
   7. ``latency``: `latency_profile` -> latency_<device>
   8. ``training``: `training_curves` -> training_<heads>
@@ -58,6 +60,7 @@ from analysis.fig_bench import (
 )
 from analysis.fig_confidence import reliability
 from analysis.fig_heads_study import recipe_study
+from analysis.fig_throughput import batching
 from analysis.fig_machine import latency_profile, training_curves
 from analysis.fig_trees import (
     acceptance_validation,
@@ -91,6 +94,7 @@ FIGURES: dict[str, FigureSpec] = {
     "pareto": FigureSpec(pareto_front, "Pareto front of accepted length against verify time (optuna --pareto)"),
     "confidence": FigureSpec(reliability, "calibrated confidence of the heads' probabilities (per-step trees)"),
     "heads-study": FigureSpec(recipe_study, "heads recipe study: top-1 per head and replayed accepted length"),
+    "batching": FigureSpec(batching, "throughput and Medusa's speedup against batch size"),
 }
 
 
@@ -119,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="results folder (default: the repository's results/)")
     p.add_argument("--out", default=None,
                    help=f"output folder (default {load.display(SCRATCH_FIGURES)}; results/figures refreshes the committed ones)")
-    p.add_argument("--run", default=None, help=f"benchmark run for the speedup figure (default {REFERENCE_RUN})")
+    p.add_argument("--run", default=None, help=f"benchmark run for the speedup figure (default {REFERENCE_RUN}); throughput run for batching (default: newest)")
     p.add_argument("--tree", default=None, help="tree name or JSON for the tree figure (default: trees/default.json)")
     p.add_argument("--calibration", default=None, help="calibration folder name (default: the shipped heads')")
     p.add_argument("--temperature", type=float, default=None, help="temperature of the eps sweep (default: most eps values)")

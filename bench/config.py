@@ -153,7 +153,11 @@ def parser() -> Parser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
-    a = parser().parse_args(argv)
+    return config_from_args(parser().parse_args(argv))
+
+
+def config_from_args(a: Any) -> BenchConfig:
+    """The `BenchConfig` of parsed `parser()` flags (`bench.throughput` adds its own to the same parser)."""
     return BenchConfig(
         methods=tuple(comma_list(a.methods, flag="--methods")), prompts=a.prompts,
         categories=tuple(comma_list(a.categories, flag="--categories")), limit=a.limit, turns=a.turns,

@@ -152,7 +152,7 @@ def quality_scores(backbone: Backbone, prompt_ids: Sequence[int], output_ids: Se
     return float(logp.mean()), float(agree)
 
 
-def _identity(config: BenchConfig, models: Models, threads: int) -> dict[str, Any]:
+def run_identity(config: BenchConfig, models: Models, threads: int) -> dict[str, Any]:
     """The settings that change outputs or speeds (`bench.identity`)."""
     return {
         "prompts": source_name(config.prompts),
@@ -197,7 +197,7 @@ def _messages(p: BenchPrompt, turn: int, previous_answer: str | None) -> list[di
 
 
 # ---- the phases of a run ------------------------------------------------------------------------
-def _threads(config: BenchConfig) -> int:
+def run_threads(config: BenchConfig) -> int:
     """torch's thread count, which must be the one the run asks for (only CLIs change it)."""
     threads = torch.get_num_threads()
     if config.threads is not None and config.threads != threads:
@@ -206,7 +206,7 @@ def _threads(config: BenchConfig) -> int:
     return threads
 
 
-def _load_models(config: BenchConfig, backbone: Backbone | None, heads: Proposer | None, heads_name: str,
+def load_models(config: BenchConfig, backbone: Backbone | None, heads: Proposer | None, heads_name: str,
                  tree: Tree | None) -> Models:
     """The injected models, else those the config names; heads and tree only where a method needs them."""
     if backbone is None:
@@ -224,7 +224,7 @@ def _load_models(config: BenchConfig, backbone: Backbone | None, heads: Proposer
     return Models(backbone, heads, heads_name, tree)
 
 
-def _build_methods(config: BenchConfig, models: Models) -> dict[str, Method]:
+def build_methods(config: BenchConfig, models: Models) -> dict[str, Method]:
     settings = MethodSettings(config.temperature, config.posterior_threshold, config.posterior_alpha, config.compile)
     context = MethodContext(backbone=models.backbone, settings=settings, heads=models.heads,
                             heads_name=models.heads_name, tree=models.tree)
@@ -234,7 +234,7 @@ def _build_methods(config: BenchConfig, models: Models) -> dict[str, Method]:
 def _open_run(config: BenchConfig, models: Models, threads: int, prompts: int) -> tuple[R.RecordStore, Provenance]:
     """Check the folder's identity, add this session to run.json, open the record store."""
     out_dir = config.out_dir
-    old, identity = check_identity(out_dir, _identity(config, models, threads))
+    old, identity = check_identity(out_dir, run_identity(config, models, threads))
     store = R.RecordStore(out_dir)
     provenance = Provenance.collect(str(models.backbone.device), dtype=identity["dtype"], threads=threads)
     sessions = (old or {}).get("sessions", []) + [{
@@ -334,9 +334,9 @@ def run_benchmark(
     """
     prompts = load_bench_prompts(config.prompts, config.categories or None, config.limit, config.turns)
     mine = shard(prompts, *config.shard)
-    threads = _threads(config)
-    models = _load_models(config, backbone, heads, heads_name, tree)
-    methods = _build_methods(config, models)
+    threads = run_threads(config)
+    models = load_models(config, backbone, heads, heads_name, tree)
+    methods = build_methods(config, models)
     store, provenance = _open_run(config, models, threads, len(mine))
 
     work = _work(mine, config.methods, config.repeats)

@@ -37,6 +37,7 @@ SCRATCH = RESULTS / "_scratch"
 SCRATCH_TREES = SCRATCH / "trees"  # trees.search: <name>.json
 SCRATCH_LATENCY = SCRATCH / "latency"  # bench.latency: <device>.csv
 SCRATCH_BENCH = SCRATCH / "bench"  # bench.run: <prompt set>/
+SCRATCH_THROUGHPUT = SCRATCH / "throughput"  # bench.throughput: <prompt set>/
 SCRATCH_CALIBRATION = SCRATCH / "calibration"  # bench.calibrate, bench.validate: <heads name>/
 SCRATCH_FIGURES = SCRATCH / "figures"  # analysis.figures
 OPTUNA_DB = SCRATCH / "optuna.db"  # trees.search --method optuna: the default study storage

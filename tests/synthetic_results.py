@@ -140,6 +140,23 @@ def build(root: str | Path, seed: int = 0) -> Path:
                    **{f"tau_{b}": 1.2 + 0.1 * i + 0.05 * j for j, b in enumerate((5, 16, 64))}}
                   for i, (run, data, on) in enumerate((("a", "teacher", False), ("b", "teacher", True)))]
                  ).to_csv(root / "heads_study.csv", index=False)
+    # a throughput run (bench.throughput): three methods at batch sizes 1, 2, 4, two prompts
+    rows = []
+    for method, tau, speed in (("hf-greedy", float("nan"), 1.0), ("ar", 1.0, 0.9), ("medusa", 1.5, 1.2)):
+        for b in (1, 2, 4):
+            for q in ("q0", "q1"):
+                rows.append({"method": method, "batch_size": b, "question_id": q, "category": "writing",
+                             "prompt_tokens": 20, "new_tokens": 32, "latency_s": 2.0 / b, "queued_s": 0.0,
+                             "steps": 32 / tau if tau == tau else float("nan"),
+                             "accepted_tokens": 32 if tau == tau else float("nan"), "output_sha": f"sha-{q}",
+                             "call_wall_s": 64 / (10 * speed * b ** (0.7 if method == "medusa" else 0.9)),
+                             "load_start": 0.5, "load_end": 0.6, "backbone": BACKBONE,
+                             "heads": HEADS if method == "medusa" else "", "tree": "mc_sim_7b_63" if method == "medusa" else "",
+                             "node_budget": 64 if method == "medusa" else float("nan"), "max_new_tokens": 32,
+                             "commit": "abc123", "date": "2026-11-28", "device_name": DEVICE, "torch_version": "2",
+                             "transformers_version": "5", "threads": 2, "dtype": "float32"})
+    (root / "throughput" / "cpu-synthetic").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(root / "throughput" / "cpu-synthetic" / "requests.csv", index=False)
     trees = {b: search_tree("empirical", b, marg, stats).tree for b in (8, 16, 32, 64)}
     optuna = Tree.from_paths(trees[16].paths, name="optuna_64", meta={"method": "optuna", "predicted_tokens_per_s": 30.0})
     for t in trees.values():

@@ -26,6 +26,7 @@ the record's seed: the engine methods seed their own generator with it (`DecodeC
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from common.errors import WorkbenchError
 from common.paths import REPO_ROOT
 from medusa.acceptance import AcceptanceConfig
 from medusa.backbone import Backbone
+from medusa.batch import RequestError, generate_batch
 from medusa.compiled import CompiledProposer
 from medusa.decode import DecodeConfig, Proposer, StepStats, generate
 from medusa.policy import StaticPolicy, TreePolicy
@@ -51,6 +53,10 @@ class MethodOutput:
     new_ids: list[int]
     steps: list[StepStats] | None = None
     prefill_s: float = float("nan")
+    # batched calls (`Method.generate_batch`): seconds from the call to this request's last token, and
+    # from the call to its start (its prefill: time spent waiting for a free row)
+    latency_s: float = float("nan")
+    queued_s: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -105,9 +111,54 @@ class Method:
         del warm_ids, tokens
         return []
 
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, seeds: Sequence[int],
+                       batch_size: int) -> list[MethodOutput | RequestError]:
+        """New ids for many prompts decoded `batch_size` at a time (`bench.throughput` times the whole call).
+
+        One result per prompt, in order; a request the method cannot serve comes back as a
+        `RequestError` in its place. Methods that do not batch refuse with one line.
+        """
+        raise WorkbenchError(f"method {self.name} does not batch (batching methods: {', '.join(BATCHING)})")
+
+
+# The methods whose `generate_batch` works (`bench.throughput --methods`).
+BATCHING = ("hf-greedy", "ar", "medusa", "medusa-typical", "medusa-sample")
 
 # Settings that neutralise anything a model's generation_config might add to the HF baselines.
 HF_NEUTRAL = {"num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def hf_generate_batch(backbone: Backbone, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      batch_size: int, **kwargs: Any) -> list[MethodOutput | RequestError]:
+    """transformers `model.generate` on `batch_size` prompts at a time, left-padded (its own batching).
+
+    Static batches: a batch runs until its longest answer ends, and the next starts after it, so
+    every request of a batch has the batch's end as its latency. A prompt too long for the context
+    comes back as a `RequestError` in its place.
+    """
+    if batch_size < 1:
+        raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
+    eos = list(backbone.eos_token_ids)
+    out: list[MethodOutput | RequestError] = [
+        RequestError(i, f"request {i}: prompt ({len(p)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                        f"model's context of {backbone.max_positions} positions")
+        for i, p in enumerate(prompts) if len(p) + max_new_tokens > backbone.max_positions or not p]
+    served = [i for i in range(len(prompts)) if i not in {e.index for e in out}]
+    t_call = time.perf_counter()
+    for first in range(0, len(served), batch_size):
+        index = served[first: first + batch_size]
+        chunk = [prompts[i] for i in index]
+        started = time.perf_counter() - t_call
+        ids, mask = backbone.left_pad(chunk)
+        with torch.inference_mode():
+            gen = backbone.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          eos_token_id=eos or None, pad_token_id=backbone.pad_id, **HF_NEUTRAL, **kwargs)
+        if backbone.device.type == "cuda":
+            torch.cuda.synchronize(backbone.device)
+        done = time.perf_counter() - t_call
+        out.extend(MethodOutput(row[ids.shape[1]:].tolist(), latency_s=done, queued_s=started) for row in gen)
+    order = [e.index for e in out if isinstance(e, RequestError)] + served
+    return [r for _, r in sorted(zip(order, out), key=lambda x: x[0])]
 
 
 def hf_generate(backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: int, **kwargs: Any) -> list[int]:
@@ -198,6 +249,15 @@ class EngineMethod(Method):
                               seed=seed)
         result = generate(self.backbone, self.heads, self.policy, prompt_ids, config)
         return MethodOutput(result.output_ids, result.steps, result.prefill_s)
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, seeds: Sequence[int],
+                       batch_size: int) -> list[MethodOutput | RequestError]:
+        """Continuous batching in our engine (`medusa.batch`): each row as it would decode alone."""
+        config = DecodeConfig(max_new_tokens=max_new_tokens, acceptance=self.acceptance, compile=self.compile)
+        results = generate_batch(self.backbone, self.heads, self.policy, prompts, config, batch_size, seeds=seeds)
+        return [r if isinstance(r, RequestError) else
+                MethodOutput(r.output_ids, r.steps, r.prefill_s, latency_s=r.queued_s + r.wall_s, queued_s=r.queued_s)
+                for r in results]
 
 
 def heads_folder(heads_name: str) -> Path:

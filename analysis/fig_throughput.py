@@ -1,0 +1,70 @@
+"""Batching: throughput and Medusa's speedup against batch size.
+
+``batching``: `batching` -> batching_<run>. From ``throughput/<run>/requests.csv`` (`bench.throughput`;
+the newest run unless ``--run NAME``): (a) throughput (new tokens per second of the whole call)
+against batch size per method and tree, (b) speedup of each Medusa tree over `ar` and over
+`hf-greedy` at the same batch size (1 = break-even), with the tokens per step printed beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from analysis import load
+from analysis.style import caption, method_color, new_figure, save
+from bench.throughput import REQUESTS, read_requests, summarize
+from common.errors import MissingResult
+
+THROUGHPUT_DIR = "throughput"
+COMMAND = "python -m bench.throughput --out results/throughput/NAME"
+
+
+def throughput_run(results: Path, run: str | None = None) -> Path:
+    """The folder of run `run`, else the most recently written run under results/throughput/."""
+    runs = sorted((p.parent for p in (results / THROUGHPUT_DIR).glob(f"*/{REQUESTS}")), key=lambda p: p.stat().st_mtime)
+    if run:
+        runs = [p for p in runs if p.name == run]
+    if not runs:
+        raise MissingResult(f"no throughput run {run or ''} under {load.display(results / THROUGHPUT_DIR)} "
+                            f"(run `{COMMAND}` first)")
+    return runs[-1]
+
+
+def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list[Path]:
+    folder = throughput_run(results, run if run and (results / THROUGHPUT_DIR / run).is_dir() else None)
+    requests = read_requests(folder)
+    table = summarize(requests)
+    fig, axes = new_figure(ncols=2, width=5.0, height=3.7)
+    tput, gain = axes[0, 0], axes[0, 1]
+    for i, (method, rows) in enumerate(table.groupby("method", sort=False)):
+        rows = rows.sort_values("batch_size")
+        tput.plot(rows["batch_size"], rows["tokens_per_s"], marker="o", lw=1.5, color=method_color(method, i),
+                  label=f"{method} ({rows['tree'].iloc[0]})" if method.startswith("medusa") else method)
+        if not method.startswith("medusa"):
+            continue
+        for base, style in (("ar", "-"), ("hf-greedy", "--")):
+            col = f"speedup_vs_{base}"
+            gain.plot(rows["batch_size"], rows[col], marker="o", ls=style, lw=1.5, color=method_color(method, i),
+                      label=f"{method} / {base}")
+        for b, s, tau in zip(rows["batch_size"], rows["speedup_vs_ar"], rows["mean_accepted_length"]):
+            gain.annotate(f"{tau:.2f}", (b, s), textcoords="offset points", xytext=(3, 4), fontsize=6)
+    sizes = sorted(table["batch_size"].unique())
+    for ax in (tput, gain):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size (requests per step)")
+    tput.set_ylabel("throughput (new tokens/s, whole call)")
+    tput.set_ylim(bottom=0)
+    tput.set_title("(a) throughput")
+    tput.legend(frameon=False, fontsize=7)
+    gain.axhline(1.0, color="0.5", lw=0.8)
+    gain.set_ylabel("speedup (tokens/s ratio, same batch size)")
+    gain.set_title("(b) Medusa's speedup; labels: tokens per step")
+    gain.legend(frameon=False, fontsize=7)
+    first = requests.iloc[0]
+    caption(fig, f"{first.get('backbone', '?')} on {first.get('device_name', '?')}, {int(first.get('threads', 0))} threads, {first.get('dtype', '?')}; "
+                 f"{requests['question_id'].nunique()} prompts x {int(first['max_new_tokens'])} new tokens; "
+                 f"{load.display(folder / REQUESTS)}")
+    return save(fig, out, f"batching_{folder.name}")
