@@ -29,9 +29,16 @@ def latency_files(results: str | os.PathLike | None = None) -> list[Path]:
     return files
 
 
-def load_latency(path: Path) -> pd.DataFrame:
+def load_latency(path: Path, batch: int | None = 1) -> pd.DataFrame:
+    """A latency profile's rows of one batch size (default 1, what the latency figure and table show;
+    None: every batch size, the `batch` column telling them apart)."""
     table = load_table(path)
     missing = [c for c in LATENCY_REQUIRED if c not in table.columns]
     if missing:
         raise WorkbenchError(f"latency profile {display(path)} lacks columns {missing}")
+    if batch is None:
+        return table
+    table = table[table["batch"] == batch]
+    if table.empty:
+        raise WorkbenchError(f"latency profile {display(path)} has no rows of batch size {batch}")
     return table

@@ -11,7 +11,8 @@ prompts' first turns B at a time (`Method.generate_batch`): `ar` and `medusa` by
 batching in our engine (`medusa.batch`: a finished row leaves and the next request joins between
 steps), `hf-greedy` by transformers' own left-padded static batches. With ``--batch-trees PATTERN`` the
 tree methods verify a different tree per batch size (the file ``PATTERN.format(batch=B)``, e.g. what
-`trees.search --batch-size` picks for each size). Each method is warmed up once before the first
+`trees.search --batch-size` picks for each size; at batch 1 a missing ``..._b1.json`` falls back to
+the name without ``_b1``, as the search writes it). Each method is warmed up once before the first
 timed call. Tokens are counted by the harness's one rule
 (`bench.records.count_new_tokens`), for every method alike.
 
@@ -103,6 +104,14 @@ class ThroughputSummary:
     errors: list[str] | None = None
 
 
+def batch_tree_file(pattern: str, batch: int) -> str:
+    """The tree file of `batch`: the pattern with {batch} filled in; at batch 1 also the name without
+    ``_b{batch}`` (`trees.search --batch-size` keeps batch-1 names as they are)."""
+    path = pattern.format(batch=batch)
+    plain = pattern.replace("_b{batch}", "")
+    return plain if batch == 1 and not Path(path).is_file() and Path(plain).is_file() else path
+
+
 def output_hash(ids: Sequence[int]) -> str:
     return hashlib.sha1(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
@@ -145,7 +154,7 @@ def run_throughput(config: ThroughputConfig, backbone: Backbone | None = None, h
     run = config.run
     prompts = load_bench_prompts(run.prompts, run.categories or None, run.limit, turns=1)
     threads = run_threads(run)
-    trees = {b: resolve_tree(config.batch_trees.format(batch=b)) for b in config.batch_sizes} if config.batch_trees else {}
+    trees = {b: resolve_tree(batch_tree_file(config.batch_trees, b)) for b in config.batch_sizes} if config.batch_trees else {}
     models = load_models(run, backbone, heads, heads_name, tree or next(iter(trees.values()), None))
     methods = {b: build_methods(run, replace(models, tree=trees[b]) if trees else models) for b in config.batch_sizes}
     out_dir = config.out_dir

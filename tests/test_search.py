@@ -33,6 +33,7 @@ from trees.acceptance_model import (
     path_stats_from_ranks,
 )
 from trees.baselines import best_dense, validation_trees
+from trees.cost import LatencyProfile
 from trees.inputs import heads_name
 from trees.optuna_search import PARETO_COLUMNS, monotone_verify_times, open_storage
 from trees.search import (
@@ -40,6 +41,7 @@ from trees.search import (
     main,
     resolve_accuracy,
     search,
+    search_batches,
     search_tree,
     space_size,
 )
@@ -225,6 +227,7 @@ def test_cli_writes_tree_and_round_trips(calibration, tmp_path, capsys, monkeypa
     (["--budget", "8", "--format", "yaml"], "--format"),
     (["--budget", "8", "--trials", "5"], "optuna only"),
     (["--budget", "8", "--pareto"], "optuna only"),
+    (["--budget", "8", "--batch-size", "4"], "optuna only"),
 ])
 def test_cli_bad_input_one_line_exit_2(calibration, capsys, args, match):
     rc = run_cli(main, args + ["--accuracy", str(calibration / "accuracy.csv"), "--out", str(calibration / "x.json")])
@@ -306,6 +309,68 @@ def test_optuna_cli_with_latency_csv(calibration, tmp_path, capsys, monkeypatch)
     out = capsys.readouterr().out
     assert rc == 0 and "predicted tokens/s" in out
     assert Tree.load(tmp_path / "default.json").meta["method"] == "optuna"
+
+
+def batch_profile_rows():
+    """Verify time T(B, N): batch 1 is flat (a big tree is as cheap as a small one), batch 8 pays per node."""
+    return [{"device_slug": "cpu-x", "backbone": "b", "dtype": "float32", "batch": b, "context": 512, "n_query": n,
+             "median_s": 0.010 + (0.0 if b == 1 else 0.002 * n), "floor_s": 0.005}
+            for b in (1, 8) for n in (1, 2, 4, 8, 16, 32, 64)]
+
+
+def test_optuna_picks_the_node_budget_per_batch_size(calibration, tmp_path):
+    """At batch 8 the search scores trees with T(8, N), so the best budget shrinks where a big tree
+    is free at batch 1 but costly at batch 8; throughput is 8 x tokens per step / T(8, N)."""
+    profile = LatencyProfile(pd.DataFrame(batch_profile_rows()), "synthetic", "b")
+    inputs = resolve_accuracy(str(calibration / "accuracy.csv"))
+    res = search_batches(inputs, (1, 8), 32, profile=profile, storage=str(tmp_path / "b.db"), min_budget=2,
+                         n_trials=40, name="opt")
+    one, eight = res[1], res[8]
+    assert one.tree.node_budget > eight.tree.node_budget, (one.tree.node_budget, eight.tree.node_budget)
+    assert one.tree.node_budget >= 16 and eight.tree.node_budget <= 8
+    assert eight.verify_s == pytest.approx(profile.verify_time(eight.tree.node_budget, batch=8))
+    assert eight.predicted_tokens_per_s == pytest.approx(8 * eight.predicted_empirical / eight.verify_s)
+    assert one.predicted_tokens_per_s == pytest.approx(one.predicted_empirical / one.verify_s)
+    assert (one.tree.name, eight.tree.name) == ("opt", "opt_b8")
+    assert eight.tree.meta["batch"] == 8 and one.tree.meta["batch"] == 1
+    # batch 1 keeps the study name it always had; batch 8 is a study of its own
+    plain = search("optuna", 32, str(calibration / "accuracy.csv"), profile=profile,
+                   storage=str(tmp_path / "b.db"), min_budget=2, n_trials=1)
+    assert plain.study_name == one.study_name and "/B" not in one.study_name
+    assert eight.study_name.endswith("/B8")
+    with pytest.raises(WorkbenchError, match="no rows for batch 4"):
+        search_batches(inputs, (1, 4), 32, profile=profile, storage=str(tmp_path / "c.db"), n_trials=1)
+    assert not (tmp_path / "c.db").exists()  # refused before any study was opened
+    with pytest.raises(WorkbenchError, match="optuna only"):
+        search("greedy", 8, str(calibration / "accuracy.csv"), batch_size=2)
+
+
+def test_optuna_cli_one_tree_per_batch_size(calibration, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(search_mod, "DEFAULT_TREE_FILE", tmp_path / "default.json")
+    pd.DataFrame(batch_profile_rows()).to_csv(tmp_path / "cpu-x.csv", index=False)
+    base = ["--method", "optuna", "--budget", "32", "--trials", "30", "--accuracy", str(calibration / "accuracy.csv"),
+            "--latency", str(tmp_path / "cpu-x.csv"), "--storage", str(tmp_path / "o.db"), "--out",
+            str(tmp_path / "o.json")]
+    rc = run_cli(main, base + ["--batch-size", "1,8", "--set-default", "--pareto"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "best node budget per batch size" in out and "at batch 8" in out
+    one, eight = Tree.load(tmp_path / "o.json"), Tree.load(tmp_path / "o_b8.json")
+    assert (one.name, eight.name) == ("optuna_32", "optuna_32_b8")
+    assert one.meta["batch"] == 1 and eight.meta["batch"] == 8 and eight.node_budget < one.node_budget
+    assert Tree.load(tmp_path / "default.json").paths == one.paths
+    front = pd.read_csv(tmp_path / "o_b8_pareto.csv")
+    assert (front["batch"] == 8).all() and pd.read_csv(tmp_path / "o_pareto.csv")["batch"].eq(1).all()
+    table = out[out.index("best node budget per batch size"):].splitlines()[2:]
+    assert [int(line.split()[0]) for line in table] == [1, 8]
+    assert [int(line.split()[1]) for line in table] == [one.node_budget, eight.node_budget]
+    for args, match in ((["--batch-size", "1,4"], "no rows for batch 4"), (["--batch-size", "0"], "--batch-size"),
+                        (["--batch-size", "1,8", "--format", "json"], "--format"),
+                        (["--batch-size", "8", "--set-default"], "batch-1 tree")):
+        (tmp_path / "o.json").unlink(missing_ok=True)
+        assert run_cli(main, base + args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+        assert not (tmp_path / "o.json").exists()
 
 
 def test_optuna_pareto_front(calibration, tmp_path):

@@ -108,8 +108,8 @@ def test_batch_trees_give_each_batch_size_its_own_tree(tmp_path, folder_backbone
 
     _, bb = folder_backbone
     prompts = write_prompts(tmp_path / "p.jsonl", (3, 9, 5))
-    for b, name in ((1, "mc_sim_7b_63"), (2, "chain_3")):
-        preset(name).save(tmp_path / f"tree_b{b}.json")
+    preset("mc_sim_7b_63").save(tmp_path / "tree.json")  # batch 1: the search's plain name
+    preset("chain_3").save(tmp_path / "tree_b2.json")
     heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=4))
     run = BenchConfig(methods=("ar", "medusa"), prompts=str(prompts), max_new_tokens=8, out=str(tmp_path / "out"),
                       progress=False)

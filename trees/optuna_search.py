@@ -10,6 +10,12 @@ latency profile `bench.latency` wrote, made non-decreasing in the node budget):
   result holds the Pareto front (accepted length against verify cost) and, as its tree, the front
   member with the most tokens per second (the single-objective optimum always lies on the front).
 
+At ``batch_size`` B (batched decoding, `medusa.batch`) every step verifies B rows of the same tree
+shape at once, so ``t_verify`` is the profile's T(B, node budget) and the predicted throughput is
+``B x E[tokens per step] / T(B, node budget)`` (`trees.cost.batch_tokens_per_s`); a tree that is
+cheap to verify alone may not be in a full batch, so the best node budget depends on B. Each batch
+size is its own study (B > 1 adds ``/B<B>`` to the default study name; batch 1 names are unchanged).
+
 E is the replay model's when the calibration's ranks table is present (it predicts tokens per
 *engine step*; see `trees.acceptance_model`), else the empirical model's (or the independence
 model's with the greedy builder). No model is run: the search reads tables only.
@@ -56,11 +62,11 @@ from trees.best_first import (
     search_tree,
     space_size,
 )
-from trees.cost import default_profile_path, load_profile
+from trees.cost import batch_tokens_per_s, default_profile_path, load_profile
 from trees.inputs import AccuracyInputs
 from trees.tree import Tree
 
-PARETO_COLUMNS = ["trial", "node_budget", "depth", "tokens_per_step", "verify_s", "tokens_per_s", "chosen",
+PARETO_COLUMNS = ["trial", "batch", "node_budget", "depth", "tokens_per_step", "verify_s", "tokens_per_s", "chosen",
                   "medusa_choices"]
 
 
@@ -72,10 +78,14 @@ class OptunaConfig:
     min_budget: int = 2
     inner: str = "empirical"
     seed: int = 0
+    batch_size: int = 1  # rows verified per step: the verify time read is T(batch_size, node budget)
 
 
 class LatencyModel(Protocol):
-    def verify_time(self, n_query: int, context: int = ...) -> float: ...
+    """What the search reads: `trees.cost.LatencyProfile`, or any object with this method (a
+    batch-1-only model may omit `batch`: it is passed only for batch sizes above 1)."""
+
+    def verify_time(self, n_query: int, context: int = ..., batch: int = ...) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,7 @@ class StudyPlan:
     mode: str  # replay or predicted: which model gives E[tokens per step]
     device: str
     context: int | None
+    batch: int  # rows per verify step; verify_times are T(batch, n)
     verify_times: tuple[float, ...]  # seconds for 1..max budget query tokens, non-decreasing
     study_name: str
 
@@ -130,6 +141,19 @@ def storage_label(storage: Any) -> str:
     return str(storage) if isinstance(storage, str | Path) else type(storage).__name__
 
 
+def batch_name(name: str, batch: int) -> str:
+    """The name of a search (tree, study, file stem) at `batch` rows per step: `name` at batch 1
+    (names from before batched decoding stay valid), else `<name>_b<batch>`."""
+    return name if batch == 1 else f"{name}_b{batch}"
+
+
+def check_batch_size(batch: Any) -> int:
+    """`batch` if it is a positive integer (rows verified per step), else one `WorkbenchError` line."""
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise WorkbenchError(f"batch size must be a positive integer, got {batch!r}")
+    return batch
+
+
 def resolve_profile(profile: Any) -> tuple[LatencyModel, str]:
     """(latency model, device label) from a profile object, a CSV path or None (this machine's)."""
     if profile is not None and hasattr(profile, "verify_time"):
@@ -139,15 +163,19 @@ def resolve_profile(profile: Any) -> tuple[LatencyModel, str]:
     return load_profile(profile), Path(profile).stem
 
 
-def monotone_verify_times(profile: LatencyModel, max_budget: int, context: int | None = None) -> list[float]:
-    """Verify seconds for 1..max_budget query tokens, made non-decreasing (running maximum).
+def monotone_verify_times(profile: LatencyModel, max_budget: int, context: int | None = None,
+                          batch: int = 1) -> list[float]:
+    """Verify seconds of `batch` rows of 1..max_budget query tokens, T(batch, n), made non-decreasing
+    (running maximum).
 
     Verifying more tokens never costs less; a dip in a measured profile is noise that a search
     would otherwise exploit.
     """
+    args = () if context is None else (context,)
+    kw = {} if batch == 1 else {"batch": batch}  # batch-1 latency models need not take the keyword
     out: list[float] = []
     for n in range(1, max_budget + 1):
-        t = float(profile.verify_time(n) if context is None else profile.verify_time(n, context))
+        t = float(profile.verify_time(n, *args, **kw))
         out.append(max(t, out[-1]) if out else t)
     return out
 
@@ -164,8 +192,9 @@ def default_study_name(inputs: AccuracyInputs, plan_fields: dict[str, Any]) -> s
     profile_fp = hashlib.sha256(json.dumps([round(t, 9) for t in f["verify_times"]]).encode()).hexdigest()[:8]
     cal_fp = hashlib.sha256(np.ascontiguousarray(inputs.marginals.count, dtype=np.int64).tobytes()).hexdigest()[:8]
     objective = f["mode"] + ("-pareto" if f["pareto"] else "")
+    batch = "" if f["batch"] == 1 else f"/B{f['batch']}"  # batch-1 studies keep their names (and trials)
     return (f"tree/{cal}-{cal_fp}/{f['device']}-{profile_fp}/{objective}/{f['inner']}"
-            f"/b{f['budgets'][0]}-{f['budgets'][1]}/k{'x'.join(map(str, f['caps']))}")
+            f"/b{f['budgets'][0]}-{f['budgets'][1]}/k{'x'.join(map(str, f['caps']))}{batch}")
 
 
 def plan_study(
@@ -181,9 +210,11 @@ def plan_study(
     inner: str | None = None,
     pareto: bool = False,
     seed: int | None = None,
+    batch_size: int | None = None,
 ) -> StudyPlan:
     """Check the settings against the inputs and fill in the defaults; reads the latency profile."""
     d = OptunaConfig()
+    batch = check_batch_size(d.batch_size if batch_size is None else batch_size)
     inner = inner or d.inner
     if inner not in BEST_FIRST:
         raise WorkbenchError(f"inner tree builder must be greedy or empirical, got {inner!r}")
@@ -202,7 +233,7 @@ def plan_study(
         "caps": tuple(caps), "budgets": (min_budget, max_budget), "inner": inner, "n_trials": n_trials,
         "seed": d.seed if seed is None else seed, "pareto": bool(pareto),
         "mode": "replay" if inputs.replay is not None else "predicted", "device": device, "context": context,
-        "verify_times": tuple(monotone_verify_times(latency, max_budget, context)),
+        "batch": batch, "verify_times": tuple(monotone_verify_times(latency, max_budget, context, batch)),
     }
     return StudyPlan(**fields, study_name=study_name or default_study_name(inputs, fields))
 
@@ -231,18 +262,21 @@ def tokens_per_step(res: SearchResult, inner: str) -> float:
 
 
 def make_objective(inputs: AccuracyInputs, plan: StudyPlan) -> Callable[[Any], float | tuple[float, float]]:
-    """Tokens per second, or (tokens per step, verify seconds) for a Pareto study."""
+    """Tokens per second of the whole batch (B x tokens per step / T(B, N)), or (tokens per step,
+    verify seconds) for a Pareto study."""
 
     def objective(trial: Any) -> float | tuple[float, float]:
         res = trial_tree(trial, inputs, plan.caps, plan.budgets, plan.inner)
         t = plan.verify_times[res.tree.node_budget - 1]
         tokens = tokens_per_step(res, plan.inner)
+        tokens_per_s = batch_tokens_per_s(tokens, t, plan.batch)
         for key, value in (("paths", res.tree.medusa_choices()), ("verify_s", t), ("tokens_per_step", tokens),
-                           ("tokens_per_s", tokens / t), ("predicted_independence", res.predicted_independence),
+                           ("tokens_per_s", tokens_per_s), ("batch", plan.batch),
+                           ("predicted_independence", res.predicted_independence),
                            ("predicted_empirical", res.predicted_empirical),
                            ("predicted_replay", res.predicted_replay)):
             trial.set_user_attr(key, value)
-        return (tokens, t) if plan.pareto else tokens / t
+        return (tokens, t) if plan.pareto else tokens_per_s
 
     return objective
 
@@ -321,6 +355,7 @@ def search_result(inputs: AccuracyInputs, plan: StudyPlan, study: Any, best: Any
         "params": dict(best.params),
         "device": plan.device,
         "context": plan.context,
+        "batch": plan.batch,
         "objective": plan.mode + ("-pareto" if plan.pareto else ""),
         "predicted_independence": attrs.get("predicted_independence"),
         "predicted_empirical": attrs.get("predicted_empirical"),
@@ -332,7 +367,7 @@ def search_result(inputs: AccuracyInputs, plan: StudyPlan, study: Any, best: Any
     }
     if plan.pareto:
         meta["pareto_front"] = len(front)
-    tree = Tree.from_paths(attrs["paths"], name=name or f"optuna_{plan.budgets[1]}", meta=meta)
+    tree = Tree.from_paths(attrs["paths"], name=name or batch_name(f"optuna_{plan.budgets[1]}", plan.batch), meta=meta)
     return SearchResult(
         tree=tree, method="optuna",
         predicted_independence=expected_tokens(tree, inputs.marginals),
@@ -340,7 +375,7 @@ def search_result(inputs: AccuracyInputs, plan: StudyPlan, study: Any, best: Any
         predicted_replay=expected_tokens(tree, inputs.replay) if inputs.replay is not None else None,
         search_s=elapsed, accuracy_source=inputs.source, predicted_tokens_per_s=tokens_per_s,
         verify_s=attrs.get("verify_s"), study_name=plan.study_name, storage=storage_label(storage),
-        pareto=front, extra={"params": dict(best.params)},
+        pareto=front, extra={"params": dict(best.params), "batch": plan.batch},
     )
 
 
@@ -360,8 +395,10 @@ def optuna_search(
     seed: int | None = None,
     name: str | None = None,
     notify: Callable[[str], None] | None = None,
+    batch_size: int | None = None,
 ) -> SearchResult:
-    """Hardware-aware search: maximise tokens/s = E[tokens per step] / t_verify(node budget).
+    """Hardware-aware search: maximise tokens/s = B x E[tokens per step] / T(B, node budget), B =
+    `batch_size` (default 1: E[tokens per step] / t_verify(node budget)).
 
     Runs `n_trials` more trials in the (possibly shared, persisted) study and returns its best
     tree; with `pareto` the study has two objectives (tokens per step up, verify seconds down),
@@ -369,7 +406,7 @@ def optuna_search(
     `notify(line)`, when given, hears that an existing study with trials is being continued.
     """
     plan = plan_study(inputs, max_budget, max_depth, top_k, profile, n_trials, study_name, min_budget, context,
-                      inner, pareto, seed)
+                      inner, pareto, seed, batch_size)
     study = open_study(plan, storage, notify)
     elapsed = run_trials(study, make_objective(inputs, plan), plan.n_trials)
     best, front = select_trials(study, plan)
@@ -383,7 +420,7 @@ def pareto_table(result: SearchResult) -> pd.DataFrame:
     for p in result.pareto:
         a = p.attrs
         rows.append({
-            "trial": p.trial, "node_budget": p.tree.node_budget if p.tree else None,
+            "trial": p.trial, "batch": a.get("batch", 1), "node_budget": p.tree.node_budget if p.tree else None,
             "depth": p.tree.depth if p.tree else None, "tokens_per_step": a.get("tokens_per_step"),
             "verify_s": a.get("verify_s"), "tokens_per_s": a.get("tokens_per_s"), "chosen": p.trial == chosen,
             "medusa_choices": json.dumps(p.tree.medusa_choices()) if p.tree else "",

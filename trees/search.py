@@ -7,7 +7,10 @@ Methods (each lives in its own module; this one picks the inputs, dispatches and
 - ``optuna``: hardware-aware, the tree with the most predicted tokens per second on this machine's
   latency profile (`trees.optuna_search`); with ``--pareto`` a two-objective study (tokens per
   step up, verify time down) whose front is written to ``<tree file stem>_pareto.csv`` beside the
-  tree (figure: ``python -m analysis.figures pareto``).
+  tree (figure: ``python -m analysis.figures pareto``). With ``--batch-size B`` (batched decoding)
+  it reads T(B, N) from the profile (`bench.latency --batch-sizes`) and maximises the batch's
+  tokens per second, B x tokens per step / T(B, N); ``--batch-size 1,2,4,8,16`` searches each batch
+  size in its own study and prints the best node budget per batch size (`search_batches`).
 
 The accuracy input is the calibration of a heads folder (``--heads``, default the shipped heads:
 ``results/calibration/<heads name>/accuracy.csv`` with ``paths.csv`` and ``ranks.parquet`` beside
@@ -23,17 +26,21 @@ CLI::
     python -m trees.search --method optuna --pareto --budget 64 --trials 150 --name pareto_64
     python -m trees.search --budget 64 --out results/trees/greedy_64.json   # refresh a committed tree
     python -m trees.search --method optuna --budget 64 --set-default        # ... or the shipped default
+    python -m trees.search --method optuna --budget 64 --batch-size 1,2,4,8,16   # one tree per batch size
 
 Where it writes: a plain search writes ``results/_scratch/trees/<name>.json`` (git-ignored), so it
 never changes a committed tree; ``--out FILE`` names any file (``results/trees/...`` refreshes a
 committed one) and ``--set-default`` also writes ``results/trees/default.json``, the tree
 ``medusa.generate`` and ``bench.run`` decode with when given none. An Optuna study persists in
 ``--storage`` (default ``results/_scratch/optuna.db``); a search whose study already exists continues
-it and says so on stderr (study name, trials so far).
+it and says so on stderr (study name, trials so far). At a batch size B > 1 the tree is named
+``<name>_b<B>`` and every file name and ``--study`` name gains the same ``_b<B>`` (``--out t.json``
+-> ``t_b8.json``, its front ``t_b8_pareto.csv``); batch-1 names are unchanged, and ``--set-default``
+writes the batch-1 tree.
 
 Bad input (budget < 1, budget beyond the tree space, missing or malformed accuracy file, unknown
-method, a plot file of an unknown format) prints one line ``error: ...`` and exits with status 2,
-before anything is written.
+method, a plot file of an unknown format, a batch size the latency profile lacks) prints one line
+``error: ...`` and exits with status 2, before anything is written.
 """
 
 from __future__ import annotations
@@ -55,7 +62,15 @@ from common.paths import DEFAULT_TREE_FILE, LATENCY_DIR, OPTUNA_DB, SCRATCH_LATE
 from common.provenance import Provenance
 from trees.best_first import BEST_FIRST, ParetoPoint, SearchResult, TopK, search_tree, space_size
 from trees.inputs import AccuracyInputs, resolve_accuracy
-from trees.optuna_search import optuna_search, pareto_table
+from trees.optuna_search import (
+    OptunaConfig,
+    batch_name,
+    check_batch_size,
+    monotone_verify_times,
+    optuna_search,
+    pareto_table,
+    resolve_profile,
+)
 from trees.plot import check_plot_path, plot_tree
 from trees.tree import Tree
 
@@ -63,19 +78,24 @@ METHODS = (*BEST_FIRST, "optuna")
 FORMATS = ("text", "json", "medusa_choices")
 # CLI flag -> `optuna_search` keyword, for the flags that only the optuna method takes.
 OPTUNA_FLAGS = {"trials": "n_trials", "min_budget": "min_budget", "storage": "storage", "study": "study_name",
-                "latency": "profile", "context": "context", "inner": "inner", "pareto": "pareto"}
+                "latency": "profile", "context": "context", "inner": "inner", "pareto": "pareto",
+                "batch_size": "batch_size"}
 
 # The search's public names, re-exported so callers import one module.
-__all__ = ["METHODS", "AccuracyInputs", "ParetoPoint", "SearchResult", "main", "parse_top_k", "resolve_accuracy",
-           "search", "search_inputs", "search_tree", "space_size", "summary"]
+__all__ = ["METHODS", "AccuracyInputs", "ParetoPoint", "SearchResult", "batch_name", "batch_summary", "main",
+           "parse_batch_sizes", "parse_top_k", "resolve_accuracy", "search", "search_batches", "search_inputs",
+           "search_tree", "space_size", "summary"]
 
 
 # ---- library ------------------------------------------------------------------------------------
 def search_inputs(inputs: AccuracyInputs, method: str, node_budget: int, max_depth: int | None = None,
-                  top_k: TopK = None, **kw: Any) -> SearchResult:
+                  top_k: TopK = None, batch_size: int | None = None, **kw: Any) -> SearchResult:
     """Search a tree with `method` under `node_budget` (root included) on already-resolved inputs.
 
-    Keywords: `name`, and for `optuna` those of `trees.optuna_search.optuna_search`.
+    `batch_size` (optuna only, the one method that reads verify times): rows verified per step
+    (default `OptunaConfig.batch_size`, 1); the search scores trees with the profile's
+    T(batch_size, N). Keywords: `name`, and for `optuna`
+    those of `trees.optuna_search.optuna_search`.
     """
     if method not in METHODS:
         raise WorkbenchError(f"unknown method {method!r} (use one of {', '.join(METHODS)})")
@@ -83,8 +103,11 @@ def search_inputs(inputs: AccuracyInputs, method: str, node_budget: int, max_dep
         raise WorkbenchError(f"node budget must be an integer, got {node_budget!r}")
     if node_budget < 1:
         raise WorkbenchError(f"node budget must be >= 1 (the root alone), got {node_budget}")
+    if batch_size is not None and check_batch_size(batch_size) != 1 and method != "optuna":
+        raise WorkbenchError(f"batch size applies to --method optuna only ({method} reads no verify times)")
     if method == "optuna":
-        return optuna_search(inputs, max_budget=node_budget, max_depth=max_depth, top_k=top_k, **kw)
+        return optuna_search(inputs, max_budget=node_budget, max_depth=max_depth, top_k=top_k,
+                             batch_size=batch_size, **kw)
     name = kw.pop("name", None)
     if kw:
         raise WorkbenchError(f"unknown option(s) for method {method}: {', '.join(sorted(kw))}")
@@ -98,20 +121,42 @@ def search(
     accuracy: str | os.PathLike | pd.DataFrame | None = None,
     max_depth: int | None = None,
     top_k: TopK = None,
+    batch_size: int | None = None,
     **kw: Any,
 ) -> SearchResult:
     """Search a tree with `method` under `node_budget` (root included).
 
     `accuracy`: accuracy CSV path or DataFrame; None = the calibration of `heads` (a heads folder,
-    default the shipped heads). Keywords: `paths` / `ranks` (empirical and replay model inputs,
-    see `trees.inputs.resolve_accuracy`), `heads`, `name`, and for `optuna` those of
-    `optuna_search` (`profile`, `n_trials`, `storage`, `study_name`, `min_budget`, `context`,
-    `inner`, `pareto`, `seed`, `notify`).
+    default the shipped heads). `batch_size` (optuna): rows verified per step, see `search_inputs`.
+    Keywords: `paths` / `ranks` (empirical and replay model inputs, see
+    `trees.inputs.resolve_accuracy`), `heads`, `name`, and for `optuna` those of `optuna_search`
+    (`profile`, `n_trials`, `storage`, `study_name`, `min_budget`, `context`, `inner`, `pareto`,
+    `seed`, `notify`).
     """
     if method not in METHODS:
         raise WorkbenchError(f"unknown method {method!r} (use one of {', '.join(METHODS)})")
     inputs = resolve_accuracy(accuracy, kw.pop("paths", None), kw.pop("ranks", None), kw.pop("heads", None))
-    return search_inputs(inputs, method, node_budget, max_depth, top_k, **kw)
+    return search_inputs(inputs, method, node_budget, max_depth, top_k, batch_size, **kw)
+
+
+def search_batches(inputs: AccuracyInputs, batch_sizes: Sequence[int], node_budget: int,
+                   max_depth: int | None = None, top_k: TopK = None, name: str | None = None,
+                   study_name: str | None = None, **kw: Any) -> dict[int, SearchResult]:
+    """The hardware-aware (optuna) search once per batch size: {batch size: its best tree}.
+
+    Each batch size scores trees with the profile's T(B, N) in a study of its own; the tree of
+    batch B > 1 is named `batch_name(name, B)` (default name `optuna_<budget>`), and so is a given
+    `study_name`. Other keywords as for `trees.optuna_search.optuna_search`.
+    """
+    if not batch_sizes or len(set(batch_sizes)) != len(batch_sizes):
+        raise WorkbenchError(f"batch sizes must be distinct and at least one, got {list(batch_sizes)}")
+    latency, _ = resolve_profile(kw.get("profile"))
+    for batch in batch_sizes:  # a batch size the profile lacks fails here, before any study runs
+        monotone_verify_times(latency, 1, kw.get("context"), check_batch_size(batch))
+    name = name or f"optuna_{node_budget}"
+    return {batch: search_inputs(inputs, "optuna", node_budget, max_depth, top_k, batch, name=batch_name(name, batch),
+                                 study_name=None if study_name is None else batch_name(study_name, batch), **kw)
+            for batch in batch_sizes}
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -123,6 +168,17 @@ def parse_top_k(text: str | None) -> TopK:
     if not vals:
         raise WorkbenchError(f"--top-k is empty: {text!r}")
     return vals[0] if len(vals) == 1 and "," not in text else vals
+
+
+def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
+    """`--batch-size`: one positive integer or several, comma-separated and distinct (default
+    `OptunaConfig.batch_size`)."""
+    if text is None:
+        return (OptunaConfig().batch_size,)
+    vals = tuple(comma_list(text, int, flag="--batch-size"))
+    if not vals or min(vals) < 1 or len(set(vals)) != len(vals):
+        raise WorkbenchError(f"--batch-size: expected distinct positive integers, got {text!r}")
+    return vals
 
 
 def summary(result: SearchResult) -> str:
@@ -142,7 +198,14 @@ def summary(result: SearchResult) -> str:
     if result.predicted_replay is not None:
         pred.append(f"replay {result.predicted_replay:.3f}")
     lines.append(f"  predicted tokens per step: {', '.join(pred)}")
-    if result.predicted_tokens_per_s is not None:
+    batch = int(result.extra.get("batch", 1))
+    if result.predicted_tokens_per_s is not None and batch > 1:
+        lines.append(
+            f"  predicted tokens/s at batch {batch}: {result.predicted_tokens_per_s:.1f} over all rows, "
+            f"{result.predicted_tokens_per_s / batch:.1f} per row (verify {result.verify_s * 1e3:.2f} ms per step "
+            f"of {batch} rows; study {result.study_name})"
+        )
+    elif result.predicted_tokens_per_s is not None:
         lines.append(
             f"  predicted tokens/s: {result.predicted_tokens_per_s:.1f} (verify {result.verify_s * 1e3:.2f} ms"
             f" per step; study {result.study_name})"
@@ -159,6 +222,19 @@ def summary(result: SearchResult) -> str:
     return "\n".join(lines)
 
 
+def batch_summary(results: dict[int, SearchResult]) -> str:
+    """The best node budget per batch size, one line each (tokens/s over all rows and per row)."""
+    lines = ["best node budget per batch size (B x tokens per step / T(B, N)):",
+             "  batch  node budget  depth  tokens/step  verify ms  tokens/s  per row"]
+    for batch, r in results.items():
+        tokens = r.tree.meta.get("tokens_per_step", float("nan"))
+        tps = r.predicted_tokens_per_s if r.predicted_tokens_per_s is not None else float("nan")
+        verify = r.verify_s if r.verify_s is not None else float("nan")
+        lines.append(f"  {batch:5d}  {r.tree.node_budget:11d}  {r.tree.depth:5d}  {tokens:11.3f}  {verify * 1e3:9.2f}"
+                     f"  {tps:8.1f}  {tps / batch:7.1f}")
+    return "\n".join(lines)
+
+
 def build_parser() -> Parser:
     p = Parser(prog="python -m trees.search", description=__doc__.split("\n")[0])
     p.add_argument("--budget", type=int, default=64, help="node budget, root included (optuna: the largest tried)")
@@ -172,9 +248,10 @@ def build_parser() -> Parser:
     p.add_argument("--format", default="text", help=f"stdout: {', '.join(FORMATS)}")
     p.add_argument("--name", default=None, help="tree name and file stem (default <method>_<budget>)")
     p.add_argument("--out", default=None,
-                   help=f"tree JSON path (default {display(SCRATCH_TREES)}/<name>.json; results/trees/... refreshes a committed tree)")
+                   help=f"tree JSON path (default {display(SCRATCH_TREES)}/<name>.json; results/trees/... refreshes a "
+                        "committed tree; batch B > 1 writes <stem>_b<B>.json)")
     p.add_argument("--set-default", action="store_true",
-                   help=f"also write the tree to {display(DEFAULT_TREE_FILE)} (what generate and bench load)")
+                   help=f"also write the (batch-1) tree to {display(DEFAULT_TREE_FILE)} (what generate and bench load)")
     p.add_argument("--plot", default=None, help="draw the tree (.png, .pdf or .svg)")
     g = p.add_argument_group("optuna")
     g.add_argument("--trials", type=int, default=None, help="trials to run in this process")
@@ -188,6 +265,9 @@ def build_parser() -> Parser:
     g.add_argument("--inner", default=None, help="tree builder inside each trial: empirical (default) or greedy")
     g.add_argument("--pareto", action="store_true", default=None,
                    help="two objectives (tokens/step, verify time); writes the front to <tree stem>_pareto.csv")
+    g.add_argument("--batch-size", default=None,
+                   help="rows verified per step (default 1), or several (1,2,4,8,16): one search and one tree "
+                        "(<name>_b<B>) per batch size, scored with the profile's T(B, N)")
     return p
 
 
@@ -202,7 +282,20 @@ def check_args(args: Any) -> dict[str, Any]:
     given = {flag: getattr(args, flag) for flag in OPTUNA_FLAGS if getattr(args, flag) is not None}
     if given and args.method != "optuna":
         raise WorkbenchError(f"--{next(iter(given)).replace('_', '-')} applies to --method optuna only")
-    return {OPTUNA_FLAGS[flag]: value for flag, value in given.items()}
+    kw = {OPTUNA_FLAGS[flag]: value for flag, value in given.items()}
+    batches = parse_batch_sizes(kw.pop("batch_size", None))
+    if len(batches) > 1 and args.format != "text":
+        raise WorkbenchError(f"--format {args.format} prints one tree: give one --batch-size (got {len(batches)})")
+    if args.set_default and 1 not in batches:
+        raise WorkbenchError("--set-default writes the batch-1 tree (what generate and bench load): "
+                             "include 1 in --batch-size")
+    kw["batch_sizes"] = batches
+    return kw
+
+
+def batch_path(path: Path, batch: int) -> Path:
+    """Where batch `batch`'s file goes: `path` at batch 1, else `<stem>_b<batch><suffix>` beside it."""
+    return path if batch == 1 else path.with_name(batch_name(path.stem, batch) + path.suffix)
 
 
 def tree_record(result: SearchResult, name: str, argv: Sequence[str] | None, provenance: Provenance) -> Tree:
@@ -241,9 +334,31 @@ def print_result(result: SearchResult, tree: Tree, args: Any, written: Sequence[
         print("  wrote " + " and ".join(display(p) for p in written))
 
 
+def write_result(result: SearchResult, inputs: AccuracyInputs, args: Any, argv: Sequence[str] | None,
+                 provenance: Provenance, name: str, batch: int) -> tuple[Tree, list[Path]]:
+    """Write the files of batch `batch`'s search (tree, default tree at batch 1, front, plot);
+    returns (the tree as written, the paths written)."""
+    name = batch_name(name, batch)
+    tree = tree_record(result, name, argv, provenance)
+    out = batch_path(Path(args.out), batch) if args.out else SCRATCH_TREES / f"{name}.json"
+    try:
+        written = [tree.save(out)]
+        if args.set_default and batch == 1:
+            written.append(tree.save(DEFAULT_TREE_FILE))
+        if args.pareto:
+            written.append(write_pareto(result, pareto_file(out), provenance))
+        if args.plot:
+            written.append(plot_tree(tree, inputs.stats if inputs.stats is not None else inputs.marginals,
+                                     batch_path(Path(args.plot), batch)))
+    except OSError as e:
+        raise WorkbenchError(f"cannot write the search's files: {e}") from None
+    return tree, written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kw = check_args(args)
+    batches = kw.pop("batch_sizes")
     if args.method == "optuna":
         import optuna  # noqa: F401  (loaded before the search so that quiet_libraries lowers its log level)
 
@@ -251,21 +366,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         kw["notify"] = lambda message: print(message, file=sys.stderr)
     name = args.name or f"{args.method}_{args.budget}"
     inputs = resolve_accuracy(args.accuracy, args.paths, heads=args.heads)
-    result = search_inputs(inputs, args.method, args.budget, args.max_depth, parse_top_k(args.top_k), name=name, **kw)
+    top_k = parse_top_k(args.top_k)
+    if args.method == "optuna":
+        results = search_batches(inputs, batches, args.budget, args.max_depth, top_k, name=name,
+                                 study_name=kw.pop("study_name", None), **kw)
+    else:
+        results = {1: search_inputs(inputs, args.method, args.budget, args.max_depth, top_k, name=name, **kw)}
     provenance = Provenance.collect()
-    tree = tree_record(result, name, argv, provenance)
-    out = Path(args.out) if args.out else SCRATCH_TREES / f"{name}.json"
-    try:
-        written = [tree.save(out)]
-        if args.set_default:
-            written.append(tree.save(DEFAULT_TREE_FILE))
-        if args.pareto:
-            written.append(write_pareto(result, pareto_file(out), provenance))
-        if args.plot:
-            written.append(plot_tree(tree, inputs.stats if inputs.stats is not None else inputs.marginals, args.plot))
-    except OSError as e:
-        raise WorkbenchError(f"cannot write the search's files: {e}") from None
-    print_result(result, tree, args, written)
+    for batch, result in results.items():
+        tree, written = write_result(result, inputs, args, argv, provenance, name, batch)
+        print_result(result, tree, args, written)
+    if len(results) > 1:
+        print(batch_summary(results))
     return 0
 
 
