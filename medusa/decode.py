@@ -140,7 +140,7 @@ def cache_kwarg(decoder: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -195,7 +195,7 @@ def verify_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, tor
 
 
 @dataclass(frozen=True)
-class _Parts:
+class EngineParts:
     """What every phase of one request uses: model parts, tree buffers, settings (no state)."""
 
     decoder: torch.nn.Module  # transformer body -> last (post-norm) hidden states (prefill)
@@ -203,7 +203,7 @@ class _Parts:
     lm_head: torch.nn.Module  # the prefill's one row
     row_logits: Callable[[torch.Tensor], torch.Tensor]  # LM head for a kept node outside `rows`, maybe compiled
     policy: TreePolicy
-    static_rows: _Rows | None  # a static tree's rows, computed once
+    static_rows: LogitRows | None  # a static tree's rows, computed once
     layout: MaskLayout  # which layers slide, so the masks carry the window (tree_attention.mask_layout)
     cache_arg: str
     dtype: torch.dtype
@@ -212,7 +212,7 @@ class _Parts:
 
 
 @dataclass(frozen=True)
-class _Rows:
+class LogitRows:
     """Which nodes' logits the verify computes: `rows` (R,) and node -> row (N,), -1 where not computed."""
 
     rows: torch.Tensor
@@ -220,21 +220,21 @@ class _Rows:
     internal_only: bool
 
 
-def _logit_rows(buffers: TreeBuffers, all_rows: bool) -> _Rows:
+def logit_rows(buffers: TreeBuffers, all_rows: bool) -> LogitRows:
     n, device = buffers.num_nodes, buffers.depth.device
     rows = torch.arange(n, device=device) if all_rows else buffers.internal
     row_of = torch.full((n,), -1, dtype=torch.long, device=device)
     row_of[rows] = torch.arange(rows.shape[0], device=device)
-    return _Rows(rows, row_of, not all_rows)
+    return LogitRows(rows, row_of, not all_rows)
 
 
-def _rows_for(p: _Parts, buffers: TreeBuffers) -> _Rows:
+def _rows_for(p: EngineParts, buffers: TreeBuffers) -> LogitRows:
     if p.static_rows is not None:
         return p.static_rows
-    return _logit_rows(buffers, p.config.compile)  # per-step trees: every row when compiled (one shape)
+    return logit_rows(buffers, p.config.compile)  # per-step trees: every row when compiled (one shape)
 
 
-def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, int]:
+def prefill(p: EngineParts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """Prompt (1, P) -> cache filled, last hidden state (H,), root token (the model's next token)."""
     prompt = torch.tensor([list(prompt_ids)], dtype=torch.long, device=p.device)
     n = prompt.shape[1]
@@ -246,7 +246,7 @@ def _prefill(p: _Parts, cache: KVCache, prompt_ids: Sequence[int], gen: torch.Ge
     return hidden, next_token(p.lm_head(hidden), p.config.acceptance, gen)
 
 
-def _verify(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _verify(p: EngineParts, cache: KVCache, step: StepTree, rows: LogitRows) -> tuple[torch.Tensor, torch.Tensor, int]:
     """ONE forward of all N nodes with the ancestor mask -> node hidden (N, H), logits of `rows` (R, V), past."""
     buffers = step.buffers
     past, n_nodes = cache.length, buffers.num_nodes
@@ -257,7 +257,7 @@ def _verify(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows) -> tuple[tor
     return node_hidden, row_logits, past
 
 
-def _update(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows, node_hidden: torch.Tensor,
+def _update(p: EngineParts, cache: KVCache, step: StepTree, rows: LogitRows, node_hidden: torch.Tensor,
             row_logits: torch.Tensor, past: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor, int]:
     """Accept a path under the rule, then emit its tokens + the model's next root, compact the cache.
 
@@ -276,7 +276,7 @@ def _update(p: _Parts, cache: KVCache, step: StepTree, rows: _Rows, node_hidden:
     return candidates[kept.nodes[1:]].tolist() + [root], node_hidden[last], root
 
 
-def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], str]:
+def finish_output(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], str]:
     """Cut the output at max_new_tokens and after the first EOS; the stop reason."""
     output = output[:max_new_tokens]
     for i, tok in enumerate(output):
@@ -285,18 +285,18 @@ def _finish(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list
     return output, "length"
 
 
-def _parts(backbone: Backbone, policy: TreePolicy, config: DecodeConfig) -> _Parts:
+def engine_parts(backbone: Backbone, policy: TreePolicy, config: DecodeConfig) -> EngineParts:
     decoder = backbone.model.base_model
     lm_head = backbone.model.get_output_embeddings()
     static_rows = None
     if isinstance(policy, StaticPolicy):
-        static_rows = _logit_rows(policy.buffers, config.compile and policy.node_budget <= ALL_ROWS_MAX_NODES)
+        static_rows = logit_rows(policy.buffers, config.compile and policy.node_budget <= ALL_ROWS_MAX_NODES)
     if config.compile:
         verify_fn = backbone.compiled("verify", lambda: Compiled(verify_function(backbone), "verify", backbone.device))
         row_fn = backbone.compiled("lm_head", lambda: Compiled(lm_head, "LM head", backbone.device))
     else:
         verify_fn, row_fn = verify_function(backbone), lm_head
-    return _Parts(decoder=decoder, verify_fn=verify_fn, lm_head=lm_head, row_logits=row_fn, policy=policy,
+    return EngineParts(decoder=decoder, verify_fn=verify_fn, lm_head=lm_head, row_logits=row_fn, policy=policy,
                   static_rows=static_rows, layout=mask_layout(backbone.config), cache_arg=cache_kwarg(decoder),
                   dtype=backbone.dtype, device=backbone.device, config=config)
 
@@ -322,19 +322,19 @@ def generate(
     config = config or DecodeConfig()
     policy = as_policy(tree, backbone.device)
     check_request(backbone, heads, policy, prompt_ids, config)
-    p = _parts(backbone, policy, config)
+    p = engine_parts(backbone, policy, config)
     eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
     capacity = len(prompt_ids) + config.max_new_tokens + policy.node_budget
     if config.compile:  # fixed shapes: the cache spans whole buckets
         capacity = -(-capacity // config.compile_bucket) * config.compile_bucket
     cache: KVCache = make_cache(config.cache, backbone.model, capacity, full_width=config.compile)
-    sync = _sync if config.time_phases else (lambda _: None)
+    sync = sync_device if config.time_phases else (lambda _: None)
     gen = torch.Generator(device=backbone.device).manual_seed(config.seed)
 
     t_start = time.perf_counter()
-    hidden, root = _prefill(p, cache, prompt_ids, gen)
+    hidden, root = prefill(p, cache, prompt_ids, gen)
     tokens_so_far, output = list(prompt_ids) + [root], [root]
-    _sync(p.device)
+    sync_device(p.device)
     prefill_s = time.perf_counter() - t_start
     steps: list[StepStats] = []
     while len(output) < config.max_new_tokens and not (eos and output[-1] in eos):
@@ -353,8 +353,8 @@ def generate(
         if on_step is not None:
             on_step(cache, tokens_so_far[:-1])
 
-    output, stop_reason = _finish(output, config.max_new_tokens, eos)
-    _sync(p.device)
+    output, stop_reason = finish_output(output, config.max_new_tokens, eos)
+    sync_device(p.device)
     return GenerationResult(prompt_ids=list(prompt_ids), output_ids=output, steps=steps, prefill_s=prefill_s,
                             wall_s=time.perf_counter() - t_start, stop_reason=stop_reason, tree_name=policy.name,
                             node_budget=policy.node_budget)

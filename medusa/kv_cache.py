@@ -195,12 +195,12 @@ class _BatchLayer(CacheLayerMixin):
         else:
             self.keys.scatter_(2, _expand(slots, self.keys), key_states.to(self.keys.dtype))
             self.values.scatter_(2, _expand(slots, self.values), value_states.to(self.values.dtype))
-        width = self.owner.width + key_states.shape[-2]
+        width = self.owner.mask_width(key_states.shape[-2])
         return self.keys[:, :, :width], self.values[:, :, :width]
 
     def get_mask_sizes(self, query: Any = 1, *args: Any, **kwargs: Any) -> tuple[int, int]:
         n = int(query.shape[0]) if isinstance(query, torch.Tensor) else int(query)
-        return self.owner.width + n, 0
+        return self.owner.mask_width(n), 0
 
     def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
         return self.owner.width
@@ -230,16 +230,44 @@ class BatchKV:
       appended after the longest row) and are cut back to the longest row after each step.
     A request is prefilled alone (`medusa.decode` phases, a one-request cache) and `join`ed, which
     appends its row; `leave` drops finished rows. Both copy the cache once per request, not per step.
+
+    With `slots=B` (static kind; the compiled verify) the shapes never change: B rows of `capacity`
+    slots, every forward sees all of them, a request joins into a free row (`join(..., row=b)`) and
+    a finished one frees its row (`free`, length 0); the lengths live in a tensor too
+    (`lengths_t`), which is what the layers read when they write, so a compiled verify never sees
+    them as Python numbers.
     """
 
-    def __init__(self, kind: str, num_layers: int, capacity: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, kind: str, num_layers: int, capacity: int, device: torch.device | str = "cpu",
+                 slots: int | None = None) -> None:
         if kind not in ("static", "dynamic"):
             raise ValueError(f"cache must be 'static' or 'dynamic', got {kind!r}")
+        if slots is not None and kind != "static":
+            raise ValueError("fixed rows (slots) need the static kind")
         self.kind = kind
         self.capacity = capacity
         self.device = torch.device(device)
-        self.lengths: list[int] = []
+        self.slots = slots
+        self.lengths: list[int] = [0] * slots if slots else []
+        self.lengths_t = torch.zeros(slots or 0, dtype=torch.long, device=self.device)
+        if slots:
+            _static_address(self.lengths_t)
         self.hf_cache = _Cache([_BatchLayer(self) for _ in range(num_layers)])
+
+    @property
+    def full_width(self) -> bool:
+        return self.slots is not None
+
+    def mask_width(self, n_query: int) -> int:
+        """Slots a forward of `n_query` tokens per row attends over (all of them with fixed rows)."""
+        return self.capacity if self.full_width else self.width + n_query
+
+    def _set_lengths(self, lengths: list[int]) -> None:
+        if max(lengths, default=0) > self.capacity:
+            raise RuntimeError(f"batch KV cache overflow: {max(lengths)} > capacity {self.capacity}")
+        self.lengths = lengths
+        if self.full_width:
+            self.lengths_t.copy_(torch.tensor(lengths, dtype=torch.long))
 
     @property
     def rows(self) -> int:
@@ -251,6 +279,8 @@ class BatchKV:
         return max(self.lengths, default=0)
 
     def lengths_tensor(self) -> torch.Tensor:
+        if self.full_width:
+            return self.lengths_t
         return torch.tensor(self.lengths, dtype=torch.long, device=self.device)
 
     def tree_start(self) -> torch.Tensor:
@@ -263,9 +293,25 @@ class BatchKV:
         return self.tree_start()[:, None] + torch.arange(n, device=self.device)
 
     @torch.no_grad()
-    def join(self, single: KVCache) -> None:
-        """Append one prefilled request (a `StaticKV` or `DynamicKV` of one row) as the last row."""
+    def join(self, single: KVCache, row: int | None = None) -> None:
+        """Append one prefilled request (a `StaticKV` or `DynamicKV` of one row) as the last row, or
+        with fixed rows copy it into free row `row`."""
         n = single.length
+        if self.full_width:
+            if row is None or not 0 <= row < self.rows or self.lengths[row] != 0:
+                raise ValueError(f"fixed rows: join needs a free row, got {row}")
+            for layer, one in zip(self.hf_cache.layers, single.hf_cache.layers):
+                if not layer.is_initialized:
+                    shape = (self.rows, one.keys.shape[1], self.capacity)
+                    layer.keys = one.keys.new_zeros(*shape, one.keys.shape[-1])
+                    layer.values = one.values.new_zeros(*shape, one.values.shape[-1])
+                    layer.is_initialized = True
+                    _static_address(layer.keys)
+                    _static_address(layer.values)
+                layer.keys[row, :, :n] = one.keys[0, :, :n]
+                layer.values[row, :, :n] = one.values[0, :, :n]
+            self._set_lengths([n if r == row else length for r, length in enumerate(self.lengths)])
+            return
         for layer, one in zip(self.hf_cache.layers, single.hf_cache.layers):
             keys, values = one.keys[:, :, :n], one.values[:, :, :n]
             size = self.capacity if self.kind == "static" else max(self.width, n)
@@ -278,9 +324,15 @@ class BatchKV:
                 layer.values = torch.cat([_pad_slots(layer.values, size), values])
         self.lengths.append(n)
 
+    def free(self, row: int) -> None:
+        """Fixed rows: row `row` holds nothing from now on (length 0) until a request joins into it."""
+        self._set_lengths([0 if r == row else length for r, length in enumerate(self.lengths)])
+
     @torch.no_grad()
     def leave(self, keep_rows: list[int]) -> None:
         """Keep only `keep_rows` (indices into the current rows, in order)."""
+        if self.full_width:
+            raise ValueError("fixed rows never leave: free them")
         index = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
         self.lengths = [self.lengths[r] for r in keep_rows]
         for layer in self.hf_cache.layers:
@@ -299,7 +351,7 @@ class BatchKV:
             for name in ("keys", "values"):
                 t = getattr(layer, name)
                 t.scatter_(2, _expand(dst, t), t.gather(2, _expand(src, t)))
-        self.lengths = [p + int(a.shape[0]) for p, a in zip(past, nodes)]
+        self._set_lengths([p + int(a.shape[0]) for p, a in zip(past, nodes)])
         self._cut()
 
     def _cut(self) -> None:

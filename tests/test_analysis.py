@@ -6,14 +6,18 @@ the readers here are checked against what `bench`, `trees` and `medusa.train` re
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 
 from analysis import fig_bench, figures, load, load_calibration, load_latency, tables
+from analysis.fig_throughput import predicted_speedup
 from common.cli import run_cli
 from common.errors import WorkbenchError
 from common.paths import REFERENCE_RUN
 from tests import synthetic_results
+from trees.tree import Tree
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -346,3 +350,15 @@ def test_summary_warns_once_when_an_interval_rests_on_tiny_n(results, tmp_path, 
     summary = pd.read_csv(run / "summary.csv")
     assert summarize.tiny_n_warning(summary[summary["category"] == "all"]) is None  # n = 9 there
     assert summarize.tiny_n_warning(summary.assign(lo=float("nan"))) is None  # no interval, nothing to warn about
+
+
+def test_predicted_speedup_reads_the_tree_and_the_profile_it_was_searched_on(results, tmp_path):
+    root = tmp_path / "r"
+    shutil.copytree(results, root)
+    meta = {"tokens_per_step": 1.5, "verify_s": 0.05, "context": 128, "batch": 1,
+            "command": "python -m trees.search --latency results/latency/cpu-synthetic-2t.csv --name t"}
+    Tree.from_paths([(0,), (1,)], name="t", meta=meta).save(root / "trees" / "t.json")
+    t1 = 0.03 + 0.0004 * 1 * (1 + 128 / 1024)  # the synthetic profile's T(1, 1) at context 128
+    assert abs(predicted_speedup(root, "t", 1) - 1.5 * t1 / 0.05) < 1e-9
+    assert predicted_speedup(root, "t", 2) != predicted_speedup(root, "t", 2)  # searched for batch 1 only: NaN
+    assert predicted_speedup(root, "missing", 1) != predicted_speedup(root, "missing", 1)

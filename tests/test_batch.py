@@ -10,10 +10,18 @@ from medusa.acceptance import AcceptanceConfig
 from medusa.batch import RequestError, generate_batch
 from medusa.decode import DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
-from medusa.kv_cache import BatchKV
+from medusa.hybrid import HybridConfig
+from medusa.kv_cache import BatchKV, StaticKV
+from medusa.policy import LookupPolicy, StaticPolicy
 from medusa.subvocab import SubVocabHeads
 from medusa.testing import BatchOracleProposer, RandomProposer, greedy_reference, tiny_backbone
-from medusa.tree_attention import batch_verify_mask, mask_layout, tree_buffers, tree_candidates, verify_attention_mask
+from medusa.tree_attention import (
+    batch_verify_mask,
+    mask_layout,
+    tree_buffers,
+    tree_candidates,
+    verify_attention_mask,
+)
 from trees.tree import preset
 
 LENGTHS = (5, 17, 9, 30, 3)
@@ -125,15 +133,10 @@ def test_a_prompt_too_long_fails_alone(tiny):
     assert [results[0].output_ids, results[2].output_ids] == alone(tiny, None, preset("root"), kept, config)
 
 
-def test_per_step_policies_and_compile_are_refused(tiny):
-    from medusa.policy import LookupPolicy, StaticPolicy
-    from medusa.hybrid import HybridConfig
-
+def test_per_step_policies_are_refused(tiny):
     policy = LookupPolicy(StaticPolicy(preset("root")), HybridConfig(budget=4, lookup_nodes=3))
     with pytest.raises(WorkbenchError, match="static tree"):
         generate_batch(tiny, None, policy, prompts_for(), DecodeConfig(max_new_tokens=4))
-    with pytest.raises(WorkbenchError, match="compile"):
-        generate_batch(tiny, None, preset("root"), prompts_for(), DecodeConfig(max_new_tokens=4, compile=True))
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma3"])
@@ -170,8 +173,6 @@ def test_batched_candidates_equal_per_row_candidates():
 
 @pytest.mark.parametrize("kind", ["static", "dynamic"])
 def test_cache_rows_join_keep_and_leave(kind):
-    from medusa.kv_cache import StaticKV
-
     cache = BatchKV(kind, num_layers=1, capacity=12)
     for n, fill in ((3, 1.0), (5, 2.0)):
         one = StaticKV(1, n)

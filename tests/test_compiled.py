@@ -11,10 +11,17 @@ import torch
 from torch._dynamo.utils import counters
 
 from medusa import compiled as compiled_mod
+from medusa.batch import generate_batch
 from medusa.compiled import Compiled, CompiledProposer
 from medusa.decode import ALL_ROWS_MAX_NODES, DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
-from medusa.testing import OracleProposer, greedy_reference, tiny_backbone
+from medusa.testing import (
+    BatchOracleProposer,
+    OracleProposer,
+    RandomProposer,
+    greedy_reference,
+    tiny_backbone,
+)
 from trees.tree import chain, preset
 
 PROMPT = [5, 17, 3, 42, 8, 11]
@@ -106,3 +113,21 @@ def test_more_shapes_than_dynamos_default_limit_all_compile():
     for n in range(1, 10):
         assert torch.equal(c(torch.ones(n)), torch.full((n,), 3.0))
     assert _graphs() - before == 9
+
+
+def test_compiled_batch_rows_equal_batch1_and_compile_once(bb):
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 90, (n,), generator=g).tolist() for n in (5, 11, 3, 8)]
+    refs = [greedy_reference(bb, p, 16) for p in prompts]
+    comp = DecodeConfig(max_new_tokens=16, compile=True, compile_bucket=64)
+    for tree in (chain(3), preset("mc_sim_7b_63")):  # all rows computed, then internal rows only
+        oracle = BatchOracleProposer([p + r for p, r in zip(prompts, refs)], 4, 96)
+        # 2 fixed rows for 4 requests: rows are freed and refilled, one request arrives late
+        got = generate_batch(bb, oracle, tree, prompts, comp, batch_size=2, arrivals=[0, 0, 0, 3])
+        assert [r.output_ids for r in got] == refs
+        assert min(r.mean_accepted_length for r in got) > 1.5
+        before = _graphs()
+        again = generate_batch(bb, RandomProposer(4, 96), tree, prompts[::-1], comp, batch_size=2)
+        assert [r.output_ids for r in again] == refs[::-1]
+        assert _graphs() == before, "another call with the same shapes recompiled the batched verify"
+    assert bb.compiled("verify_batch", lambda: None).failed is None

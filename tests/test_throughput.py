@@ -9,10 +9,12 @@ import pytest
 
 from bench.config import BenchConfig
 from bench.throughput import ThroughputConfig, main, read_requests, run_throughput, summarize
+from common.cli import run_cli
 from common.errors import WorkbenchError
 from medusa.backbone import load_backbone
 from medusa.heads import HeadsConfig, MedusaHeads
 from medusa.testing import save_tiny_model
+from trees.tree import preset
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +49,8 @@ def test_every_call_is_recorded_and_rows_equal_batch1(tmp_path, folder_backbone)
     medusa = table[table["method"] == "medusa"]
     assert (medusa["node_budget"] == 64).all() and (medusa["mean_accepted_length"] >= 1).all()
     assert (table["tokens_per_s"] > 0).all()
+    assert (medusa["verify_ms"] > 0).all() and (medusa["heads_ms"] > 0).all()
+    assert table[table["method"] == "hf-greedy"]["verify_ms"].isna().all()  # no engine steps to time
     ar = table[table["method"] == "ar"].set_index("batch_size")
     assert ar["speedup_vs_ar"].eq(1.0).all()
     # one count rule: every method's rows hold the same new tokens per request at B=1
@@ -86,8 +90,6 @@ def test_a_request_too_long_is_reported_and_the_rest_written(tmp_path, folder_ba
     (["--turns", "2"], "first turns once"),
 ])
 def test_bad_input_is_one_line(tmp_path, folder_backbone, capsys, argv, message):
-    from common.cli import run_cli
-
     folder, _ = folder_backbone
     prompts = write_prompts(tmp_path / "p.jsonl", (3, 4))
     code = run_cli(main, ["--backbone", str(folder), "--prompts", str(prompts), "--out", str(tmp_path / "o"), *argv])
@@ -96,16 +98,14 @@ def test_bad_input_is_one_line(tmp_path, folder_backbone, capsys, argv, message)
     assert not (tmp_path / "o" / "requests.csv").exists()
 
 
-def test_compiled_engine_methods_refuse_batches(tmp_path, folder_backbone):
-    _, bb = folder_backbone
+def test_methods_that_do_not_batch_are_refused_before_anything_runs(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl", (3, 4))
-    with pytest.raises(WorkbenchError, match="does not batch"):
-        ThroughputConfig(BenchConfig(methods=("ar-compiled",), prompts=str(prompts)), (1,))
+    for method in ("hf-greedy-compiled", "medusa-dynamic", "hf-pld"):
+        with pytest.raises(WorkbenchError, match="does not batch"):
+            ThroughputConfig(BenchConfig(methods=(method,), prompts=str(prompts)), (1,))
 
 
 def test_batch_trees_give_each_batch_size_its_own_tree(tmp_path, folder_backbone):
-    from trees.tree import preset
-
     _, bb = folder_backbone
     prompts = write_prompts(tmp_path / "p.jsonl", (3, 9, 5))
     preset("mc_sim_7b_63").save(tmp_path / "tree.json")  # batch 1: the search's plain name

@@ -122,7 +122,7 @@ class Method:
 
 
 # The methods whose `generate_batch` works (`bench.throughput --methods`).
-BATCHING = ("hf-greedy", "ar", "medusa", "medusa-typical", "medusa-sample")
+BATCHING = ("hf-greedy", "ar", "medusa", "medusa-typical", "medusa-sample", "ar-compiled", "medusa-compiled")
 
 # Settings that neutralise anything a model's generation_config might add to the HF baselines.
 HF_NEUTRAL = {"num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
