@@ -175,6 +175,9 @@ def budget_points(runs: Sequence[load.Run], per_condition: bool = False) -> pd.D
     has_tree = w["tree"].notna() & (w["tree"].astype(str) != "")
     pts = w[w["greedy"].astype(bool) & has_tree].copy()
     pts = pts[pts["tokens_per_s"].notna()]
+    # static trees only: per-step policies (medusa-dynamic's dynamic_N, medusa-lookup's lookupL+tree)
+    # verify a different tree every step, so a node budget does not place them on this sweep
+    pts = pts[~pts["tree"].astype(str).str.match(r"(dynamic_\d|lookup\d)")]
     optuna = (pts["tree_method"] == "optuna") | pts["tree"].astype(str).str.startswith("optuna")
     pts.loc[optuna & (pts["family"] != "plain"), "family"] = "optuna"
     if pts.loc[pts["family"] != "plain", "tree"].nunique() < 2:

@@ -1,7 +1,7 @@
 """Batching: throughput and Medusa's speedup against batch size.
 
-``batching``: `batching` -> batching_<run>. From ``throughput/<run>/requests.csv`` (`bench.throughput`;
-the newest run unless ``--run NAME``): (a) throughput (new tokens per second of the whole call)
+``batching``: `batching` -> batching_<run>, one per run. From ``throughput/<run>/requests.csv``
+(`bench.throughput`; every run, or only ``--run NAME``): (a) throughput (new tokens per second of the whole call)
 against batch size per method and tree, (b) speedup of each Medusa tree over `ar` and over
 `hf-greedy` at the same batch size (1 = break-even), with the tokens per step printed beside it,
 and (hollow squares) the speedup over `ar` the hardware-aware search predicted for the tree of each
@@ -34,11 +34,11 @@ def throughput_run(results: Path, run: str | None = None) -> Path:
     return runs[-1]
 
 
-def predicted_speedup(results: Path, tree_name: str, batch: int) -> float:
+def predicted_speedup(results: Path, tree_name: str, batch: int, threads: int | None = None) -> float:
     """What the hardware-aware search predicted for a tree over plain decoding at its batch size:
     tokens per step x T(B, 1) / T(B, N), from the tree's meta and the profile it was searched on
     (its ``--latency`` file, looked up under ``latency/``); NaN when either is missing or the tree
-    was searched for another batch size. Verify time only: the heads and the
+    was searched for another batch size or measured at other than `threads` threads. Verify time only: the heads and the
     bookkeeping of a step are not in it."""
     meta = load.read_json(results / "trees" / f"{tree_name}.json").get("meta", {})
     words = str(meta.get("command", "")).split()
@@ -48,14 +48,27 @@ def predicted_speedup(results: Path, tree_name: str, batch: int) -> float:
             or int(meta.get("batch", 1)) != batch:
         return float("nan")
     try:
-        t1 = load_profile(profile).verify_time(1, meta.get("context") or 512, batch)
+        latency_profile = load_profile(profile)
+        t1 = latency_profile.verify_time(1, meta.get("context") or 512, batch)
     except WorkbenchError:
         return float("nan")
+    if threads is not None and "threads" in latency_profile.table and \
+            set(latency_profile.table["threads"].astype(int)) != {int(threads)}:
+        return float("nan")  # a profile measured at another thread count predicts another machine
     return float(meta["tokens_per_step"]) * t1 / float(meta["verify_s"])
 
 
 def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list[Path]:
-    folder = throughput_run(results, run if run and (results / THROUGHPUT_DIR / run).is_dir() else None)
+    """One figure per throughput run (only `run` when it names one)."""
+    throughput_run(results)  # none at all: one line naming the command
+    if run and (results / THROUGHPUT_DIR / run).is_dir():
+        return batching_run(results, out, throughput_run(results, run))
+    folders = sorted(p.parent for p in (results / THROUGHPUT_DIR).glob(f"*/{REQUESTS}"))
+    return [path for folder in folders for path in batching_run(results, out, folder)]
+
+
+def batching_run(results: Path, out: Path, folder: Path) -> list[Path]:
+    """The figure of one throughput run folder."""
     requests = read_requests(folder)
     table = summarize(requests)
     fig, axes = new_figure(ncols=2, width=5.0, height=3.7)
@@ -71,16 +84,18 @@ def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list
                 tput.annotate(f"{int(n)} nodes", (b, t), textcoords="offset points", xytext=(3, -9), fontsize=6)
         if not method.startswith("medusa"):
             continue
+        ar = "ar-compiled" if method.endswith("-compiled") else "ar"
         for base, style in (("ar", "-"), ("hf-greedy", "--")):
             col = f"speedup_vs_{base}"
             gain.plot(rows["batch_size"], rows[col], marker="o", ls=style, lw=1.5, color=method_color(method, i),
-                      label=f"{method} / {base}")
+                      label=f"{method} / {ar if base == 'ar' else base}")
         for b, s, tau in zip(rows["batch_size"], rows["speedup_vs_ar"], rows["mean_accepted_length"]):
             gain.annotate(f"{tau:.2f}", (b, s), textcoords="offset points", xytext=(3, 4), fontsize=6)
-        predicted = [predicted_speedup(results, t, int(b)) for t, b in zip(rows["tree"], rows["batch_size"])]
+        threads = int(requests["threads"].iloc[0]) if "threads" in requests else None
+        predicted = [predicted_speedup(results, t, int(b), threads) for t, b in zip(rows["tree"], rows["batch_size"])]
         if any(p == p for p in predicted):
             gain.plot(rows["batch_size"], predicted, marker="s", mfc="none", ls=":", lw=1.2,
-                      color=method_color(method, i), label=f"{method} / ar, predicted by the search (verify only)")
+                      color=method_color(method, i), label=f"{method} / {ar}, predicted by the search (verify only)")
     sizes = sorted(table["batch_size"].unique())
     for ax in (tput, gain):
         ax.set_xscale("log", base=2)

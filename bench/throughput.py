@@ -23,7 +23,8 @@ for a row, steps and accepted length, the heads/verify/bookkeeping seconds of th
 average and provenance; `run.json`, the run's identity (a resumed run with other settings is
 refused). Calls already in the file are skipped, so an interrupted run resumes. `summarize`
 (`--summary FOLDER`) gives per (method, B): throughput (tokens/s of the whole call), mean and p90
-latency, mean accepted length, ms per step in each phase, speedup over `ar` and over `hf-greedy` at the same B, and whether
+latency, mean accepted length, ms per step in each phase, speedup over `ar` (`ar-compiled` for the
+compiled methods) and over `hf-greedy` at the same B, and whether
 every output equals the method's own B=1 output and hf-greedy's B=1 output (`identical_b1`,
 `identical_ref`).
 
@@ -238,9 +239,13 @@ def summarize(requests: pd.DataFrame) -> pd.DataFrame:
             out[f"{phase}_ms"] = per_row.to_numpy() * 1e3
     out["mean_accepted_length"] = out["accepted_tokens"] / out["steps"]
     for base in ("ar", "hf-greedy"):
-        tps = out[out["method"] == base].set_index("batch_size")["tokens_per_s"]
-        out[f"speedup_vs_{base}"] = [t / tps[b] if b in tps.index else np.nan
-                                     for b, t in zip(out["batch_size"], out["tokens_per_s"])]
+        # `ar` means plain decoding in the same engine mode: ar-compiled for the compiled methods
+        col = []
+        for method, b, t in zip(out["method"], out["batch_size"], out["tokens_per_s"]):
+            name = f"{base}-compiled" if base == "ar" and method.endswith("-compiled") else base
+            match = out[(out["method"] == name) & (out["batch_size"] == b)]["tokens_per_s"]
+            col.append(t / float(match.iloc[0]) if len(match) else np.nan)
+        out[f"speedup_vs_{base}"] = col
     return out
 
 

@@ -362,3 +362,5 @@ def test_predicted_speedup_reads_the_tree_and_the_profile_it_was_searched_on(res
     assert abs(predicted_speedup(root, "t", 1) - 1.5 * t1 / 0.05) < 1e-9
     assert predicted_speedup(root, "t", 2) != predicted_speedup(root, "t", 2)  # searched for batch 1 only: NaN
     assert predicted_speedup(root, "missing", 1) != predicted_speedup(root, "missing", 1)
+    assert predicted_speedup(root, "t", 1, threads=2) == predicted_speedup(root, "t", 1)  # the profile's 2 threads
+    assert predicted_speedup(root, "t", 1, threads=1) != predicted_speedup(root, "t", 1, threads=1)
