@@ -8,7 +8,9 @@ head children then grow under it.
 
 Budget: at most `budget` nodes, root included. The chain takes up to `lookup_nodes` of them
 (fewer when shorter; none when there is no match) and the heads' paths fill the rest in the
-order given, so a deduplicated node frees its slot for the next head path. The heads' paths must
+order given, so a deduplicated node frees its slot for the next head path. With `pad` every
+step has exactly `budget` nodes: what is left is filled with more of the heads' candidates,
+breadth first (one shape for a compiled verify). The heads' paths must
 be prefix-closed in every prefix of that order: a static `Tree`'s ``paths`` are, and so is a
 dynamic tree's best-first order (`priority_paths`).
 
@@ -49,6 +51,9 @@ class HybridConfig:
 
     budget: int = 64  # nodes verified per step, root included
     lookup_nodes: int = 10  # most nodes the lookup chain may take
+    # Fill every step to exactly `budget` nodes with more of the heads' candidates (a compiled
+    # verify then sees one shape); off, a step verifies what the chain and the heads' paths give.
+    pad: bool = False
 
     def __post_init__(self) -> None:
         if self.budget < 1:
@@ -81,6 +86,34 @@ class HybridTree:
     def buffers(self, device: torch.device | str = "cpu") -> TreeBuffers:
         return buffers_from_parents(self.parents, self.depth, self.head, self.rank0, tree=self.heads_tree,
                                     device=device)
+
+
+def _pad(tokens: list[int], budget: int, topk: list[list[int]], node_of: dict[tuple[int, ...], int],
+         head_rank: list[tuple[int, ...]], child: dict[tuple[int, int], int], add) -> None:
+    """Add head candidates breadth first (shallow, then by rank) until there are `budget` nodes.
+
+    Every added node is a real candidate of the heads (head d, rank r under an existing head path),
+    so every acceptance rule treats it as any other node; a token already under the same parent is
+    skipped. Stops early only when the heads' top-k offers nothing more.
+    """
+    frontier = [()]
+    for d in range(1, len(topk) + 1):
+        grown = []
+        for parent_path in frontier:
+            parent = node_of[parent_path]
+            for r, token in enumerate(topk[d - 1]):
+                if len(tokens) >= budget:
+                    return
+                path = (*parent_path, r)
+                if path in node_of:
+                    grown.append(path)
+                    continue
+                if (parent, int(token)) in child:
+                    continue
+                node_of[path] = add(parent, int(token), d, r, HEADS)
+                head_rank.append(path)
+                grown.append(path)
+        frontier = grown
 
 
 def priority_paths(tree: DynamicTree) -> list[Path_]:
@@ -140,6 +173,8 @@ def hybrid_tree(
             continue
         node_of[path] = node
         head_rank.append(path)
+    if config.pad:
+        _pad(tokens, config.budget, topk, node_of, head_rank, child, add)
     return HybridTree(
         tokens=torch.tensor(tokens, dtype=torch.long),
         parents=torch.tensor(parents, dtype=torch.long),

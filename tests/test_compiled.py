@@ -15,6 +15,8 @@ from medusa.batch import generate_batch
 from medusa.compiled import Compiled, CompiledProposer
 from medusa.decode import ALL_ROWS_MAX_NODES, DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
+from medusa.hybrid import HybridConfig
+from medusa.policy import LookupPolicy, StaticPolicy
 from medusa.testing import (
     BatchOracleProposer,
     OracleProposer,
@@ -22,7 +24,7 @@ from medusa.testing import (
     greedy_reference,
     tiny_backbone,
 )
-from trees.tree import chain, preset
+from trees.tree import chain, dense, preset
 
 PROMPT = [5, 17, 3, 42, 8, 11]
 
@@ -131,3 +133,16 @@ def test_compiled_batch_rows_equal_batch1_and_compile_once(bb):
         assert [r.output_ids for r in again] == refs[::-1]
         assert _graphs() == before, "another call with the same shapes recompiled the batched verify"
     assert bb.compiled("verify_batch", lambda: None).failed is None
+
+
+def test_padded_lookup_policy_compiles_once(bb):
+    prompt = [62, 2, 80, 12, 92, 8]
+    ref = greedy_reference(bb, prompt, 24)
+    policy = LookupPolicy(StaticPolicy(dense([2, 2])), HybridConfig(budget=8, lookup_nodes=5, pad=True))
+    comp = DecodeConfig(max_new_tokens=24, compile=True, compile_bucket=64)
+    out = generate(bb, RandomProposer(4, 96), policy, prompt, comp)
+    assert out.output_ids == ref and {s.nodes for s in out.steps} == {8}
+    before = _graphs()
+    again = generate(bb, RandomProposer(4, 96, seed=1), policy, prompt[:4], comp)
+    assert again.output_ids == greedy_reference(bb, prompt[:4], 24)
+    assert _graphs() == before, "a per-step tree of the same node count recompiled the verify"

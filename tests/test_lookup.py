@@ -165,3 +165,21 @@ def test_acceptance_runs_through_lookup_nodes_past_the_heads():
     logits, buffers = planted_logits(hyb, truth, 64, torch.Generator().manual_seed(1))
     kept = accept(hyb.tokens, logits, buffers, AcceptanceConfig())
     assert hyb.tokens[kept.nodes].tolist() == [1, 10, 20] and hyb.source[kept.nodes].tolist() == [0, BOTH, HEADS]
+
+
+@pytest.mark.parametrize("chain_tokens", [[], [10, 20, 77], [90, 91, 92, 93, 94, 95]])
+def test_pad_fills_every_step_to_the_budget_with_head_candidates(chain_tokens):
+    topk = torch.tensor([[10, 11, 12], [20, 21, 22], [30, 31, 32]])
+    paths = Tree.from_paths([(0,), (1,), (0, 0)]).paths
+    for budget in (7, 12, 20):
+        hyb = hybrid_tree(5, paths, topk, chain_tokens, HybridConfig(budget=budget, lookup_nodes=4, pad=True))
+        assert hyb.num_nodes == budget
+        pairs = list(zip(hyb.parents.tolist(), hyb.tokens.tolist()))
+        assert len(set(pairs)) == len(pairs)  # no two children of one node share a token
+        for n in range(1, hyb.num_nodes):  # every padded node is a real head candidate of its depth
+            if int(hyb.head[n]) > 0:
+                d, r = int(hyb.head[n]), int(hyb.rank0[n])
+                assert d == int(hyb.depth[n]) and int(topk[d - 1, r]) == int(hyb.tokens[n])
+        hyb.buffers()  # parents before children, depths consistent
+    unpadded = hybrid_tree(5, paths, topk, [10, 20, 77], HybridConfig(budget=12, lookup_nodes=4))
+    assert unpadded.num_nodes < 12

@@ -110,3 +110,13 @@ def test_bench_methods_dynamic_and_lookup_are_lossless(bb, tmp_path):
     with pytest.raises(WorkbenchError, match="confidence"):
         build_method("medusa-dynamic", context,
                      resolve_options("medusa-dynamic", {"confidence": str(tmp_path / "none.csv")}))
+
+
+def test_padded_lookup_policy_verifies_a_fixed_node_count_losslessly(bb):
+    prompt = [62, 2, 80, 12, 92, 8]
+    ref = greedy_reference(bb, prompt, 40)
+    padded = LookupPolicy(StaticPolicy(dense([2, 2])), HybridConfig(budget=14, lookup_nodes=7, pad=True))
+    for heads in (RandomProposer(4, 96), OracleProposer(prompt + ref, 4, 96)):
+        out = generate(bb, heads, padded, prompt, DecodeConfig(max_new_tokens=40))
+        assert out.output_ids == ref
+        assert {s.nodes for s in out.steps} == {14}

@@ -4,7 +4,9 @@ Each step the longest recent n-gram match in prompt + output proposes a chain of
 `lookup_nodes` tokens (`medusa.lookup`), hung from the root beside the heads' tree and merged
 where tokens coincide (`medusa.hybrid`, `medusa.policy.LookupPolicy`); without a match the step
 verifies the heads' tree alone. With `dynamic=true` the heads' part is rebuilt per step from
-their calibrated confidence (as `medusa-dynamic`). Greedy acceptance: lossless.
+their calibrated confidence (as `medusa-dynamic`). Greedy acceptance: lossless. Compiled (the
+run's `--compile`), every step is padded to the full budget with more head candidates
+(`HybridConfig.pad`), so the verify compiles once per cache bucket.
 
     python -m bench.run --methods hf-greedy,hf-pld,medusa,medusa-lookup --method-option medusa-lookup.lookup_nodes=10
 """
@@ -54,6 +56,8 @@ class MedusaLookup(EngineMethod):
         else:
             heads_part = StaticPolicy(tree_of(context, self.name), device)
         lookup = LookupConfig(max_ngram=o.max_ngram, min_ngram=o.min_ngram, max_chain=max(o.lookup_nodes, 1))
+        # compiled: every step padded to the full budget, so the verify compiles once
+        compile_ = context.settings.compile or self.compiled
         policy = LookupPolicy(heads_part, HybridConfig(budget=heads_part.node_budget + o.lookup_nodes,
-                                                       lookup_nodes=o.lookup_nodes), lookup, device)
+                                                       lookup_nodes=o.lookup_nodes, pad=compile_), lookup, device)
         super().__init__(context, o, policy, AcceptanceConfig(rule="greedy"))
