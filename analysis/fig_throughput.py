@@ -23,15 +23,15 @@ THROUGHPUT_DIR = "throughput"
 COMMAND = "python -m bench.throughput --out results/throughput/NAME"
 
 
-def throughput_run(results: Path, run: str | None = None) -> Path:
-    """The folder of run `run`, else the most recently written run under results/throughput/."""
-    runs = sorted((p.parent for p in (results / THROUGHPUT_DIR).glob(f"*/{REQUESTS}")), key=lambda p: p.stat().st_mtime)
+def throughput_runs(results: Path, run: str | None = None) -> list[Path]:
+    """The run folders under results/throughput/ (only `run`'s when it names one), by name."""
+    runs = sorted(p.parent for p in (results / THROUGHPUT_DIR).glob(f"*/{REQUESTS}"))
     if run:
         runs = [p for p in runs if p.name == run]
     if not runs:
         raise MissingResult(f"no throughput run {run or ''} under {load.display(results / THROUGHPUT_DIR)} "
                             f"(run `{COMMAND}` first)")
-    return runs[-1]
+    return runs
 
 
 def predicted_speedup(results: Path, tree_name: str, batch: int, threads: int | None = None) -> float:
@@ -59,12 +59,10 @@ def predicted_speedup(results: Path, tree_name: str, batch: int, threads: int | 
 
 
 def batching(results: Path, out: Path, run: str | None = None, **_: Any) -> list[Path]:
-    """One figure per throughput run (only `run` when it names one)."""
-    throughput_run(results)  # none at all: one line naming the command
-    if run and (results / THROUGHPUT_DIR / run).is_dir():
-        return batching_run(results, out, throughput_run(results, run))
-    folders = sorted(p.parent for p in (results / THROUGHPUT_DIR).glob(f"*/{REQUESTS}"))
-    return [path for folder in folders for path in batching_run(results, out, folder)]
+    """One figure per throughput run (only `run`'s when it names one; `--run` may name a benchmark
+    run of another figure instead, then every throughput run is drawn)."""
+    named = run if run and (results / THROUGHPUT_DIR / run / REQUESTS).is_file() else None
+    return [path for folder in throughput_runs(results, named) for path in batching_run(results, out, folder)]
 
 
 def batching_run(results: Path, out: Path, folder: Path) -> list[Path]:

@@ -162,7 +162,10 @@ def run_throughput(config: ThroughputConfig, backbone: Backbone | None = None, h
     threads = run_threads(run)
     trees = {b: resolve_tree(batch_tree_file(config.batch_trees, b)) for b in config.batch_sizes} if config.batch_trees else {}
     models = load_models(run, backbone, heads, heads_name, tree or next(iter(trees.values()), None))
-    methods = {b: build_methods(run, replace(models, tree=trees[b]) if trees else models) for b in config.batch_sizes}
+    if trees:
+        methods = {b: build_methods(run, replace(models, tree=trees[b])) for b in config.batch_sizes}
+    else:  # one tree: the same methods serve every batch size
+        methods = dict.fromkeys(config.batch_sizes, build_methods(run, models))
     out_dir = config.out_dir
     identity = {**run_identity(run, models, threads), "harness": "throughput"}
     if trees:

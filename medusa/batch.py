@@ -18,7 +18,8 @@ and greedy outputs equal batch-1 outputs token for token (up to floating-point r
 kernels, which only matters at exact near-ties). The root-only tree is batched plain decoding (`ar`).
 
 Static trees only: per-step policies (dynamic, lookup) build a different tree per row and step.
-With `DecodeConfig.compile` the verify runs compiled (`medusa.compiled`) on fixed shapes: the
+The verify forward is the one-request engine's (`medusa.decode.verify_function`, which takes B
+rows). With `DecodeConfig.compile` it runs compiled (`medusa.compiled`) on fixed shapes: the
 cache keeps `batch_size` rows of whole `compile_bucket`s (`BatchKV(slots=...)`), a finished row is
 freed rather than dropped and the next request joins into it, and free rows ride along (token 0,
 nothing read), so one graph serves the whole call.
@@ -34,23 +35,20 @@ A request the engine cannot serve (e.g. a prompt too long for the context) comes
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from common.errors import WorkbenchError
 from medusa.acceptance import accept, next_token
 from medusa.backbone import Backbone
-from medusa.compiled import Compiled
 from medusa.decode import (
     ALL_ROWS_MAX_NODES,
     DecodeConfig,
     GenerationResult,
     Proposer,
     StepStats,
-    cache_kwarg,
     check_request,
     engine_parts,
     finish_output,
@@ -146,7 +144,6 @@ def generate_batch(
     n_nodes, depth = buffers.num_nodes, buffers.tree.depth
     # compiled: every row of trees up to ALL_ROWS_MAX_NODES (one graph, no leaf LM-head call), as alone
     rows_info = logit_rows(buffers, all_rows=config.compile and n_nodes <= ALL_ROWS_MAX_NODES)
-    verify = _verify_fn(backbone, config)
     eos = set(backbone.eos_token_ids) if config.stop_on_eos else set()
     served = [i for i, e in enumerate(errors) if e is None]
     capacity = max((len(prompts[i]) for i in served), default=0) + config.max_new_tokens + n_nodes
@@ -207,7 +204,7 @@ def generate_batch(
         lengths, start = cache.lengths_tensor(), cache.tree_start()
         mask = batch_verify_mask(buffers, lengths, start, p.dtype, cache.mask_width(n_nodes), p.layout)
         positions = lengths[:, None] + buffers.depth[None, :]  # (R, N)
-        node_hidden, row_logits = verify(candidates, positions, mask, cache.hf_cache, rows_info.rows)  # (R, N, H), (R, M, V)
+        node_hidden, row_logits = p.verify_fn(candidates, positions, mask, cache.hf_cache, rows_info.rows)  # (R, N, H), (R, M, V)
         sync(p.device)
         t2 = time.perf_counter()
 
@@ -249,31 +246,6 @@ def generate_batch(
         if isinstance(r, GenerationResult):
             r.tree_name, r.node_budget = policy.name, n_nodes
     return [r for r in results if r is not None]  # every request ends with a result or an error
-
-
-def verify_batch_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The batched verify forward (`medusa.decode.verify_function` for R rows), compiled or not.
-
-    (ids (R, N), positions (R, N), mask (R, 1, N, W) or {layer type: mask}, HF cache, rows (M,))
-    -> node hidden states (R, N, H), LM-head logits of the nodes in `rows` (R, M, V)
-    """
-    decoder, lm_head = backbone.model.base_model, backbone.model.get_output_embeddings()
-    arg = cache_kwarg(decoder)
-
-    def verify(ids: torch.Tensor, positions: torch.Tensor, mask: Any, hf_cache: Any,
-               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{arg: hf_cache})
-        hidden = out.last_hidden_state  # (R, N, H)
-        return hidden, lm_head(hidden[:, rows])
-
-    return verify
-
-
-def _verify_fn(backbone: Backbone, config: DecodeConfig) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    if not config.compile:
-        return verify_batch_function(backbone)
-    return backbone.compiled("verify_batch", lambda: Compiled(verify_batch_function(backbone), "batched verify",
-                                                              backbone.device))
 
 
 def _done(row: _Row, max_new_tokens: int, eos: set[int]) -> bool:

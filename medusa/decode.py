@@ -177,10 +177,11 @@ ALL_ROWS_MAX_NODES = 16
 
 
 def verify_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The verify forward as one function (compiled or not, the same code).
+    """The verify forward as one function (compiled or not, the same code), for B rows of N nodes
+    (B = 1 here, B requests in batched decoding, `medusa.batch`).
 
-    (ids (1, N), positions (1, N), mask (1, 1, N, W) or {layer type: mask}, HF cache, rows (R,))
-    -> node hidden states (N, H), LM-head logits of the nodes in `rows` (R, V)
+    (ids (B, N), positions (B, N), mask (B, 1, N, W) or {layer type: mask}, HF cache, rows (R,))
+    -> node hidden states (B, N, H), LM-head logits of the nodes in `rows` (B, R, V)
     """
     decoder, lm_head = backbone.model.base_model, backbone.model.get_output_embeddings()
     arg = cache_kwarg(decoder)
@@ -188,8 +189,8 @@ def verify_function(backbone: Backbone) -> Callable[..., tuple[torch.Tensor, tor
     def verify(ids: torch.Tensor, positions: torch.Tensor, mask: Any, hf_cache: Any,
                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True, **{arg: hf_cache})
-        hidden = out.last_hidden_state[0]  # (N, H)
-        return hidden, lm_head(hidden[rows])  # (R, V)
+        hidden = out.last_hidden_state  # (B, N, H)
+        return hidden, lm_head(hidden[:, rows])  # (B, R, V)
 
     return verify
 
@@ -254,7 +255,7 @@ def _verify(p: EngineParts, cache: KVCache, step: StepTree, rows: LogitRows) -> 
     node_hidden, row_logits = p.verify_fn(step.candidates[None], (past + buffers.depth)[None], mask, cache.hf_cache,
                                           rows.rows)
     cache.advance(n_nodes)
-    return node_hidden, row_logits, past
+    return node_hidden[0], row_logits[0], past
 
 
 def _update(p: EngineParts, cache: KVCache, step: StepTree, rows: LogitRows, node_hidden: torch.Tensor,

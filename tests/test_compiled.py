@@ -132,7 +132,7 @@ def test_compiled_batch_rows_equal_batch1_and_compile_once(bb):
         again = generate_batch(bb, RandomProposer(4, 96), tree, prompts[::-1], comp, batch_size=2)
         assert [r.output_ids for r in again] == refs[::-1]
         assert _graphs() == before, "another call with the same shapes recompiled the batched verify"
-    assert bb.compiled("verify_batch", lambda: None).failed is None
+    assert bb.compiled("verify", lambda: None).failed is None
 
 
 def test_padded_lookup_policy_compiles_once(bb):

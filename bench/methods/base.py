@@ -138,7 +138,6 @@ def hf_generate_batch(backbone: Backbone, prompts: Sequence[Sequence[int]], max_
     """
     if batch_size < 1:
         raise WorkbenchError(f"batch size must be >= 1, got {batch_size}")
-    eos = list(backbone.eos_token_ids)
     out: list[MethodOutput | RequestError] = [
         RequestError(i, f"request {i}: prompt ({len(p)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                         f"model's context of {backbone.max_positions} positions")
@@ -150,9 +149,7 @@ def hf_generate_batch(backbone: Backbone, prompts: Sequence[Sequence[int]], max_
         chunk = [prompts[i] for i in index]
         started = time.perf_counter() - t_call
         ids, mask = backbone.left_pad(chunk)
-        with torch.inference_mode():
-            gen = backbone.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                          eos_token_id=eos or None, pad_token_id=backbone.pad_id, **HF_NEUTRAL, **kwargs)
+        gen = _hf_call(backbone, ids, mask, max_new_tokens, **kwargs)
         if backbone.device.type == "cuda":
             torch.cuda.synchronize(backbone.device)
         done = time.perf_counter() - t_call
@@ -161,21 +158,19 @@ def hf_generate_batch(backbone: Backbone, prompts: Sequence[Sequence[int]], max_
     return [r for _, r in sorted(zip(order, out), key=lambda x: x[0])]
 
 
+def _hf_call(backbone: Backbone, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+    """transformers `model.generate` on ids (B, P) and their attention mask, stopping on the
+    backbone's EOS ids, with `HF_NEUTRAL` settings -> prompt + new ids (B, P + new)."""
+    eos = list(backbone.eos_token_ids)
+    with torch.inference_mode():
+        return backbone.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=eos or None,
+                                       pad_token_id=backbone.pad_id, **HF_NEUTRAL, **kwargs)
+
+
 def hf_generate(backbone: Backbone, prompt_ids: Sequence[int], max_new_tokens: int, **kwargs: Any) -> list[int]:
     """transformers `model.generate` on one prompt, stopping on the backbone's EOS ids; new ids only."""
     ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=backbone.device)
-    eos = list(backbone.eos_token_ids)
-    with torch.inference_mode():
-        out = backbone.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos or None,
-            pad_token_id=backbone.pad_id,
-            **HF_NEUTRAL,
-            **kwargs,
-        )
-    return out[0, ids.shape[1]:].tolist()
+    return _hf_call(backbone, ids, torch.ones_like(ids), max_new_tokens, **kwargs)[0, ids.shape[1]:].tolist()
 
 
 # The longest context (prompt + answer + tree) a compiled engine method is warmed up for:
