@@ -268,13 +268,16 @@ def _update(p: EngineParts, cache: KVCache, step: StepTree, rows: LogitRows, nod
     internal_logits = row_logits if rows.internal_only else row_logits[rows.row_of[buffers.internal]]
     kept = accept(candidates, internal_logits, buffers, p.config.acceptance, gen)
     last = kept.last
+    # A copy: on a GPU the compiled verify's outputs live in CUDA-graph memory that the next graph
+    # replay (the LM head below, the heads next step) overwrites.
+    last_hidden = node_hidden[last].clone()  # (H,)
     root = kept.next_token  # rule sample drew it from the last node's residual
     if root is None:  # the base model's own token after the kept path
         row = int(rows.row_of[last])
-        last_logits = row_logits[row] if row >= 0 else p.row_logits(node_hidden[last][None])[0]
+        last_logits = row_logits[row] if row >= 0 else p.row_logits(last_hidden[None])[0]
         root = next_token(last_logits, p.config.acceptance, gen)
     cache.keep(past, kept.nodes)
-    return candidates[kept.nodes[1:]].tolist() + [root], node_hidden[last], root
+    return candidates[kept.nodes[1:]].tolist() + [root], last_hidden, root
 
 
 def finish_output(output: list[int], max_new_tokens: int, eos: set[int]) -> tuple[list[int], str]:
