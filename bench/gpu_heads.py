@@ -39,7 +39,7 @@ The ShareGPT package is not installed on the GPU machine, so prompts travel as a
 
 It keeps the first turns of the train and eval splits in file order; the split is a function of
 the text, so the GPU run selects exactly what ``python -m medusa.distill --split train`` would.
-On the GPU machine, ``bash bench/gpu_heads.sh OUT .gpu_model [flags]`` joins the carried GGUF halves,
+On the GPU machine, ``bash bench/gpu_heads.sh OUT .gpu_model [flags]`` joins the carried GGUF parts,
 dequantises them and places the folder where `medusa.backbone` finds the short name
 ``smollm2-135m`` (``$MEDUSA_CACHE/models/smollm2-135m``), then runs::
 
@@ -90,6 +90,7 @@ PACK_FORMAT = 1
 PACK_SPLITS = ("train", "eval")
 RETURN_FILE_LIMIT = 16 * 2**20  # the device tool returns files of at most 16 MiB
 STAGE2_LEFT_BEHIND = ("adapter", "merged", "backbone")  # the tuned model: hundreds of MB
+STAGE1_RESERVE_S = 20.0  # stage 1's final evaluation, saving and bundling (seconds on an H200, 10 MB of heads)
 # Toy sizes of --smoke (flags given on the command line still win).
 SMOKE = dict(limit=12, eval_limit=4, max_new_tokens=12, distill_batch_size=4, distill_block=8, teacher_block=8,
              steps=6, batch_size=32, eval_every=3, stage2_batch_size=2)
@@ -113,6 +114,9 @@ class RecipeConfig:
     stage2_steps: int = 0
     stage2_batch_size: int = Stage2Config.batch_size
     keep_data: bool = True
+    # The whole run's seconds (bench/gpu_heads.sh passes its time limit): stage 1 stops taking steps
+    # STAGE1_RESERVE_S before it, so its heads are evaluated, saved and bundled before the SIGINT.
+    time_limit_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "distill_batch_size", "distill_block", "teacher_block", "stage2_batch_size"):
@@ -125,6 +129,8 @@ class RecipeConfig:
             raise WorkbenchError("--distill-budget-s and --teacher-budget-s must be > 0")
         if self.stage2_steps < 0:
             raise WorkbenchError(f"--stage2-steps must be >= 0, got {self.stage2_steps}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise WorkbenchError(f"--time-limit-s must be > 0, got {self.time_limit_s}")
 
 
 # ---- the prompt pack ----------------------------------------------------------------------------
@@ -362,6 +368,13 @@ class Run:
     dtype: str
     prompts_file: Path
     name: str  # of the heads folder
+    started: float  # time.perf_counter() at the run's start (for --time-limit-s)
+
+    def seconds_left(self) -> float | None:
+        """Seconds until --time-limit-s, or None without one."""
+        if self.recipe.time_limit_s is None:
+            return None
+        return self.recipe.time_limit_s - (time.perf_counter() - self.started)
 
     @property
     def data(self) -> Path:
@@ -422,10 +435,12 @@ def training_phases(run: Run, phases: Phases, train_data: Path) -> None:
                             save_every=run.train.steps)  # no mid-run checkpoints: the machine does not outlive the call
 
     def stage1() -> dict[str, Any]:
-        record = train_stage1(stage1_config, progress=False)
+        left = run.seconds_left()
+        config = stage1_config if left is None else replace(stage1_config, max_wall_s=max(left - STAGE1_RESERVE_S, 1.0))
+        record = train_stage1(config, progress=False)
         return {**accuracy_by_head(run.heads_dir / "accuracy.csv"), "train_rows": record["train_rows"],
                 "epochs": record["epochs"], "final_loss": record["final_loss"], "cache_s": record["cache_s"],
-                "train_s": record["train_s_this_run"], "record": record}
+                "train_s": record["train_s_this_run"], "steps_done": record["steps_done"], "record": record}
 
     phases.run("stage1", stage1, needs=("distill_eval", "distill_train" if train_data == run.data else "teacher"))
     if run.recipe.stage2_steps > 0:
@@ -467,7 +482,7 @@ def run_recipe(args: Any, recipe: RecipeConfig, train: TrainConfig, out: Path, w
     pack_meta, prompts_file = unpack_prompts(pack, work)  # a bad pack fails before the model loads
     backbone = load_backbone(model, dtype=dtype, device=args.device)
     run = Run(recipe, train, out, work, model, args.device, str(dtype).removeprefix("torch."), prompts_file,
-              args.name or f"{backbone.name}-gpu-{train.loss}")
+              args.name or f"{backbone.name}-gpu-{train.loss}", t_start)
     report: dict[str, Any] = {
         "what": "bench.gpu_heads: self-distilled prompts -> Medusa heads on one device",
         "provenance": Provenance.collect(args.device, dtype).as_dict(), "smoke": args.smoke, "argv": list(args.argv),
@@ -516,6 +531,8 @@ def build_parser(smoke: bool) -> Parser:
                    help="no distillation block starts that would end later than this")
     g.add_argument("--teacher-block", type=int, default=r.teacher_block)
     g.add_argument("--teacher-budget-s", type=float, default=r.teacher_budget_s, help="the same for --loss soft|mix")
+    g.add_argument("--time-limit-s", type=float, default=r.time_limit_s,
+                   help=f"the run's seconds: stage 1 stops {STAGE1_RESERVE_S:g} s before, then evaluates and bundles its heads")
     g.add_argument("--no-data", dest="keep_data", action="store_false", help="do not bring the distilled data back")
     g = p.add_argument_group("training (medusa.train's flags and defaults)")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)

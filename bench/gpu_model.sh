@@ -4,12 +4,14 @@
 #   bench/gpu_model.sh MODEL_DIR        # prints MODEL_DIR/hf (config.json, model.safetensors, tokenizer)
 #
 # MODEL_DIR holds what the device calls carried (`make gpu-parts` makes them here, under .gpu_model/):
-# the GGUF SmolLM2-135M-Instruct.Q4_1.gguf, or its halves *.gguf.part0 and *.gguf.part1 (98 MB do not fit
-# one call's 64 MiB: carry part0 in one call and part1 in the next, while the machine is still warm),
-# and the `gguf` wheel, installed offline when the package is missing. The halves are joined and the
-# GGUF dequantised (fp32) into MODEL_DIR/hf once; later calls on the same machine reuse it.
-# Exit 1 with one `error:` line on stderr when the folder cannot be made (a half missing: the machine
-# went cold between the calls, so both calls must be made again).
+# the GGUF SmolLM2-135M-Instruct.Q4_1.gguf, or its parts *.gguf.part0, *.gguf.part1, ... with the manifest
+# *.gguf.parts ("N SHA256": the part count and the whole file's hash). 98 MB do not fit one call's 64 MiB
+# beside the 20 MB tracked tree, so `make gpu-parts` cuts thirds: carry one part per call, the manifest
+# with the last, while the machine is still warm. And the `gguf` wheel, installed offline when the
+# package is missing. The parts are joined (and checked against the manifest's hash) and the GGUF
+# dequantised (fp32) into MODEL_DIR/hf once; later calls on the same machine reuse it.
+# Exit 1 with one `error:` line on stderr when the folder cannot be made (a part missing or damaged:
+# the machine went cold between the calls, so every call must be made again).
 set -uo pipefail
 MODEL_DIR="${1:?usage: bench/gpu_model.sh MODEL_DIR}"
 PY="${PYTHON:-python3}"
@@ -20,13 +22,25 @@ if [ -f "$HF_DIR/config.json" ] && [ -f "$HF_DIR/model.safetensors" ]; then
   exit 0
 fi
 if [ ! -f "$MODEL_DIR/$GGUF" ]; then
-  for half in part0 part1; do
-    if [ ! -f "$MODEL_DIR/$GGUF.$half" ]; then
-      echo "error: $MODEL_DIR/$GGUF.$half is missing (carry part0 in one device call and part1 in the next while the machine is warm)" >&2
+  N=0 SUM=""
+  [ -f "$MODEL_DIR/$GGUF.parts" ] && read -r N SUM < "$MODEL_DIR/$GGUF.parts"
+  # without a manifest: every consecutive part from part0 on (at least two)
+  if [ "$N" -eq 0 ]; then N=2; while [ -f "$MODEL_DIR/$GGUF.part$N" ]; do N=$((N + 1)); done; fi
+  PARTS=()
+  for ((i = 0; i < N; i++)); do
+    if [ ! -f "$MODEL_DIR/$GGUF.part$i" ]; then
+      echo "error: $MODEL_DIR/$GGUF.part$i is missing (carry one part per device call, all while the machine is warm)" >&2
       exit 1
     fi
+    PARTS+=("$MODEL_DIR/$GGUF.part$i")
   done
-  cat "$MODEL_DIR/$GGUF.part0" "$MODEL_DIR/$GGUF.part1" > "$MODEL_DIR/$GGUF.tmp" && mv "$MODEL_DIR/$GGUF.tmp" "$MODEL_DIR/$GGUF"
+  cat "${PARTS[@]}" > "$MODEL_DIR/$GGUF.tmp" || exit 1
+  if [ -n "$SUM" ] && [ "$(sha256sum "$MODEL_DIR/$GGUF.tmp" | cut -d' ' -f1)" != "$SUM" ]; then
+    rm -f "$MODEL_DIR/$GGUF.tmp"
+    echo "error: the $N joined parts of $GGUF do not match the manifest's sha256 (a part is stale or damaged: run make gpu-parts and carry them again)" >&2
+    exit 1
+  fi
+  mv "$MODEL_DIR/$GGUF.tmp" "$MODEL_DIR/$GGUF"
 fi
 if ! "$PY" -c "import gguf" 2>/dev/null; then
   "$PY" -m pip install -q --no-deps --no-index "$MODEL_DIR"/gguf-*.whl >&2 \

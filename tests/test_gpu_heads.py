@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bench.gpu_heads as G
+import bench.gpu_parts as P
 import medusa.distill as D
 from common.cli import run_cli
 from common.errors import WorkbenchError
@@ -221,6 +222,27 @@ def test_interrupted_phase_is_reported_and_what_finished_is_still_bundled(tmp_pa
     assert (tmp_path / "o" / "distill.tar.gz").is_file() and not (tmp_path / "o" / "heads.tar.gz").exists()
 
 
+@pytest.mark.parametrize("limit", [None, 900.0])
+def test_time_limit_gives_stage1_what_is_left_less_the_bundling_reserve(tmp_path, monkeypatch, limit):
+    seen = []
+    real = G.train_stage1
+
+    def spy(config, progress=True):
+        seen.append(config.max_wall_s)
+        return real(config, progress=progress)
+
+    monkeypatch.setattr(G, "train_stage1", spy)
+    argv = ["--smoke", "--device", "cpu", "--out", str(tmp_path / "o")] + (["--time-limit-s", str(limit)] if limit else [])
+    assert G.main(argv) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    if limit is None:
+        assert seen == [None]
+    else:  # what the earlier phases left of the limit, less the reserve for evaluating and bundling
+        spent = sum(v["seconds"] for k, v in report["phases"].items() if k != "stage1")
+        assert limit - G.STAGE1_RESERVE_S - spent - 30 < seen[0] < limit - G.STAGE1_RESERVE_S
+    assert report["phases"]["stage1"]["result"]["steps_done"] == G.SMOKE["steps"]
+
+
 # ---- what comes back ------------------------------------------------------------------------------
 def test_archives_over_the_return_limit_are_split_into_parts_that_join_back(tmp_path):
     big = tmp_path / "x.tar.gz"
@@ -250,7 +272,8 @@ def test_write_tar_leaves_out_the_named_folders_and_temporary_files(tmp_path):
 @pytest.mark.parametrize("argv,needle", [
     ([], "--out is required"), (["--out", "o", "--steps", "0"], "steps"),
     (["--out", "o", "--distill-batch-size", "0"], "--distill-batch-size"), (["--out", "o", "--loss", "kl"], "--loss"),
-    (["--out", "o", "--stage2-steps", "-1"], "--stage2-steps"), (["--out", "o", "--distill-budget-s", "0"], "budget")])
+    (["--out", "o", "--stage2-steps", "-1"], "--stage2-steps"), (["--out", "o", "--distill-budget-s", "0"], "budget"),
+    (["--out", "o", "--time-limit-s", "-5"], "--time-limit-s")])
 def test_bad_flags_are_one_line(tmp_path, monkeypatch, capsys, argv, needle):
     monkeypatch.chdir(tmp_path)
     assert run_cli(G.main, argv) == 2 and needle in one_line_error(capsys)
@@ -265,7 +288,7 @@ def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
 
 # ---- the shell wrappers ---------------------------------------------------------------------------
 def test_shell_wrappers_parse_and_fail_fast_without_the_model_halves(tmp_path):
-    for script in ("gpu_heads.sh", "gpu_model.sh"):
+    for script in ("gpu_heads.sh", "gpu_model.sh", "gpu_check.sh"):
         assert subprocess.run(["bash", "-n", str(REPO / "bench" / script)]).returncode == 0
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "SmolLM2-135M-Instruct.Q4_1.gguf.part1").write_bytes(b"half")
@@ -276,6 +299,50 @@ def test_shell_wrappers_parse_and_fail_fast_without_the_model_halves(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_heads.sh"), str(tmp_path / "out"), str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "part0 is missing" in (tmp_path / "out" / "log.txt").read_text()
+
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gpu_model(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(REPO / "bench" / "gpu_model.sh"), str(folder)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_split_file_cuts_near_equal_parts_and_writes_the_manifest(tmp_path):
+    src = tmp_path / GGUF
+    src.write_bytes(bytes(range(100)) * 3)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / f"{GGUF}.part5").write_bytes(b"stale part of an older cut")
+    parts = P.split_file(src, tmp_path / "m", 3)
+    assert [p.name for p in parts] == [f"{GGUF}.part{i}" for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "m").glob(f"{GGUF}.part[0-9]*")) == [p.name for p in parts]
+    assert [p.stat().st_size for p in parts] == [100, 100, 100]
+    assert b"".join(p.read_bytes() for p in parts) == src.read_bytes()
+    n, digest = (tmp_path / "m" / f"{GGUF}.parts").read_text().split()
+    assert n == "3" and len(digest) == 64
+    with pytest.raises(WorkbenchError, match="--parts"):
+        P.split_file(src, tmp_path / "m", 0)
+
+
+def test_gpu_model_joins_the_parts_and_refuses_a_missing_or_stale_one(tmp_path):
+    src = tmp_path / GGUF
+    src.write_bytes(b"not really a gguf file" * 50)
+    folder = tmp_path / "m"
+    P.split_file(src, folder, 3)
+    part2 = (folder / f"{GGUF}.part2").read_bytes()
+    (folder / f"{GGUF}.part2").unlink()  # the machine went cold before the third call
+    proc = gpu_model(folder)
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "part2 is missing" in proc.stderr
+    (folder / f"{GGUF}.part2").write_bytes(part2[::-1])  # a part from another cut
+    proc = gpu_model(folder)
+    assert proc.returncode == 1 and "do not match the manifest" in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (folder / GGUF).exists() and not (folder / f"{GGUF}.tmp").exists()
+    (folder / f"{GGUF}.part2").write_bytes(part2)
+    proc = gpu_model(folder)  # joined and checked; dequantising the fake file then fails
+    assert (folder / GGUF).read_bytes() == src.read_bytes()
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_word_prompts_fill_each_split_as_asked():

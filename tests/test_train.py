@@ -197,6 +197,26 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(toy, backbone):
     assert len(losses) == 1 + 40
 
 
+def test_max_wall_s_stops_early_then_evaluates_and_saves_as_at_the_end(toy, backbone):
+    clock = iter(range(0, 10_000, 10))  # every perf_counter() call is 10 s later than the last
+    with mock.patch.object(T.time, "perf_counter", lambda: float(next(clock))):
+        rec = T.train_stage1(config(toy, "budget", steps=40, eval_every=100, max_wall_s=65.0), progress=False)
+    assert 1 <= rec["steps_done"] < 40 and rec["token_samples_seen"] == rec["steps_done"] * 64
+    out = toy["root"] / "budget"
+    assert (out / "heads.safetensors").is_file() and not (out / "checkpoint").exists()
+    assert len((out / "loss.csv").read_text().splitlines()) == 1 + rec["steps_done"]
+    history = (out / "accuracy_history.csv").read_text().splitlines()
+    assert history[1].split(",")[0] == str(rec["steps_done"])  # the early stop's step was evaluated as the final one
+    assert rec["top1_accuracy_by_head"]
+    full = T.train_stage1(config(toy, "full", steps=6, eval_every=100), progress=False)
+    assert full["steps_done"] == 6 and full["token_samples_seen"] == 6 * 64
+
+
+def test_max_wall_s_must_be_positive(toy):
+    with pytest.raises(Exception, match="max_wall_s"):
+        config(toy, max_wall_s=0.0)
+
+
 # ---- Medusa-2 ---------------------------------------------------------------------------------
 def stage2_config(toy: dict[str, Path], **kw) -> Stage2Config:
     base = dict(data=str(toy["train"]), eval_data=str(toy["eval"]), out=str(toy["root"] / "m2"), steps=6,

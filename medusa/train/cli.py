@@ -70,6 +70,8 @@ def add_stage1_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-rows", type=int, default=d.eval_rows, help="held-out positions scored per evaluation")
     g.add_argument("--final-eval-rows", type=int, default=d.final_eval_rows, help="positions scored at the end (default: all)")
     g.add_argument("--save-every", type=int, default=d.save_every)
+    g.add_argument("--max-wall-s", type=float, default=d.max_wall_s,
+                   help="stop taking steps after this many seconds of the run (caches included), then evaluate and save")
     g.add_argument("--max-samples", type=int, default=d.max_samples, help="use only the first N distilled samples (teacher-forced data: records, in whole shards)")
     g.add_argument("--proj-dtype", default=d.proj_dtype, help="float32 or bfloat16 for the LM projection")
     g.add_argument("--cache-root", default=d.cache_root, help="hidden-state cache folder")

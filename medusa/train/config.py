@@ -72,6 +72,10 @@ class TrainConfig(CommonTrainConfig):
     loss: str = "hard"
     soft_weight: float = 0.5
     on_path: bool = False
+    # Stop taking steps once this many seconds have passed since the run started (backbone load and
+    # caches included), then evaluate and save as at the end: a lent GPU's call ends at a hard limit,
+    # and heads trained for fewer steps beat none. None: always run `steps`.
+    max_wall_s: float | None = None
 
     @property
     def effective_soft_weight(self) -> float:
@@ -85,6 +89,8 @@ class TrainConfig(CommonTrainConfig):
             raise WorkbenchError(f"steps must be >= 1 (0 only evaluates --init-heads on --eval-data), got {self.steps}")
         if self.lr <= 0:
             raise WorkbenchError(f"lr must be > 0, got {self.lr}")
+        if self.max_wall_s is not None and self.max_wall_s <= 0:
+            raise WorkbenchError(f"max_wall_s must be > 0, got {self.max_wall_s}")
         if self.train_vocab not in TRAIN_VOCABS:
             raise WorkbenchError(f"train_vocab must be one of {TRAIN_VOCABS}, got {self.train_vocab!r}")
         if self.loss not in LOSSES:

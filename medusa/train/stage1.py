@@ -314,9 +314,11 @@ def save_checkpoint(accelerator: Accelerator, ckpt: Path, step: int, config: Tra
 
 
 def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
-              accelerator: Accelerator, progress: bool) -> None:
+              accelerator: Accelerator, progress: bool, deadline: float | None = None) -> int:
     """Steps `start_step`..`config.steps`, appending to `log`: evaluate and write logs every
-    `eval_every` steps and at the end, checkpoint every `save_every`."""
+    `eval_every` steps and at the end, checkpoint every `save_every`. Past `deadline`
+    (`time.perf_counter()` seconds) the step in hand is the last one, evaluated as the final one.
+    Returns the number of steps done."""
     eval_rows = final_rows = None
     if data.eval_cache is not None:
         eval_rows = eval_subset(data.eval_cache.rows, config.eval_rows, config.seed)
@@ -325,27 +327,41 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
     trainer.module.train()
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train stage 1",
                disable=not (progress and main))
+    done = start_step
     for step in bar:
         log.loss.append(train_step(config, trainer, data.train_cache, step, accelerator))
         bar.set_postfix(loss=f"{log.loss[-1]['loss']:.3f}")
         done = step + 1
-        if done % config.eval_every == 0 or done == config.steps:
+        final = done == config.steps or out_of_time(deadline, accelerator)
+        if done % config.eval_every == 0 or final:
             if main and data.eval_cache is not None:
-                final = done == config.steps
                 table = evaluate_into(log, trainer.heads, data, final_rows if final else eval_rows, done, final, out)
                 top1 = table[table.topk == 1].accuracy.tolist()
                 bar.write(f"step {done}: top-1 " + " ".join(f"h{k + 1}={a:.3f}" for k, a in enumerate(top1)))
             if main:
                 write_logs(out, log)
-        if done % config.save_every == 0 and done < config.steps:
+        if final:
+            if done < config.steps:
+                bar.write(f"stopped at step {done} of {config.steps}: max_wall_s ({config.max_wall_s:g} s) reached")
+            break
+        if done % config.save_every == 0:
             save_checkpoint(accelerator, out / CHECKPOINT, done, config, log)
     bar.close()
     if config.steps == 0 and main and data.eval_cache is not None:  # evaluation only: a baseline for the study
         evaluate_into(log, trainer.heads, data, final_rows, 0, True, out)
+    return done
+
+
+def out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
+    """Whether `deadline` has passed, as every process sees it (the main process decides)."""
+    if deadline is None:
+        return False
+    flag = torch.tensor([float(time.perf_counter() > deadline)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item()) if accelerator.num_processes > 1 else bool(flag.item())
 
 
 def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: RunLog, start_step: int,
-                  world: int, timings: dict[str, float]) -> dict[str, Any]:
+                  steps_done: int, world: int, timings: dict[str, float]) -> dict[str, Any]:
     """The training record (before its provenance block is added)."""
     cache, held_out = data.train_cache, data.eval_cache
     final_rows = 0
@@ -360,8 +376,9 @@ def stage1_record(config: TrainConfig, trainer: Trainer, data: Stage1Data, log: 
         "train_vocab_size": int(len(trainer.vocab)) if trainer.vocab is not None else trainer.heads.config.vocab_size,
         "eval_rows": min(config.eval_rows, held_out.rows) if held_out is not None else 0,
         "final_eval_rows": final_rows,
-        "token_samples_seen": config.steps * config.batch_size,
-        "epochs": round(config.steps * config.batch_size / max(cache.rows, 1), 3),
+        "steps_done": steps_done,  # below config.steps when max_wall_s stopped the run
+        "token_samples_seen": steps_done * config.batch_size,
+        "epochs": round(steps_done * config.batch_size / max(cache.rows, 1), 3),
         "top1_accuracy_by_head": top1_by_head(log.accuracy[-1] if log.accuracy else None),
         "final_loss": log.loss[-1]["loss"] if log.loss else None,
         "cache_s": round(data.cache_s, 1),
@@ -419,13 +436,14 @@ def train_stage1(config: TrainConfig, progress: bool = True) -> dict[str, Any]:
     trainer = make_trainer(config, make_heads(config, backbone), data.train_cache, accelerator)
     start_step, log = resume(config, out / CHECKPOINT, accelerator)
     t_train = time.perf_counter()
-    run_steps(config, out, trainer, data, log, start_step, accelerator, progress)
+    deadline = t_start + config.max_wall_s if config.max_wall_s is not None else None
+    steps_done = run_steps(config, out, trainer, data, log, start_step, accelerator, progress, deadline)
     timings = {"train_s": time.perf_counter() - t_train}
     record: dict[str, Any] = {}
     if accelerator.is_main_process:
         write_logs(out, log)
         timings["wall_s"] = time.perf_counter() - t_start
-        record = stage1_record(config, trainer, data, log, start_step, accelerator.num_processes, timings)
+        record = stage1_record(config, trainer, data, log, start_step, steps_done, accelerator.num_processes, timings)
         heads = accelerator.unwrap_model(trainer.module).heads
         keys = teacher_keys(config.data) if isinstance(data.train_cache, TeacherCache) else None
         record = write_outputs(out, record, heads, train, device, dtype, data.train_cache, keys)
