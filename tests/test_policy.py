@@ -107,6 +107,14 @@ def test_bench_methods_dynamic_and_lookup_are_lossless(bb, tmp_path):
     out = look.generate(PROMPT, 20, 0)
     assert out.new_ids == ref and max(s.nodes for s in out.steps) <= 3 + 5
     assert look.describe()["node_budget"] == 8
+    # nodes = the heads' tree size: a matched chain takes the heads' places, never more nodes
+    same = build_method("medusa-lookup", context, resolve_options("medusa-lookup", {"lookup_nodes": "2", "nodes": "3"}))
+    out = same.generate(PROMPT, 20, 0)
+    assert out.new_ids == ref and max(s.nodes for s in out.steps) <= 3 and same.describe()["node_budget"] == 3
+    with pytest.raises(WorkbenchError, match="nodes"):
+        resolve_options("medusa-lookup", {"nodes": "-1"})
+    with pytest.raises(WorkbenchError, match="below the heads tree"):
+        build_method("medusa-lookup", context, resolve_options("medusa-lookup", {"nodes": "2"}))
     with pytest.raises(WorkbenchError, match="confidence"):
         build_method("medusa-dynamic", context,
                      resolve_options("medusa-dynamic", {"confidence": str(tmp_path / "none.csv")}))

@@ -9,6 +9,11 @@ run's `--compile`), every step is padded to the full budget with more head candi
 (`HybridConfig.pad`), so the verify compiles once per cache bucket.
 
     python -m bench.run --methods hf-greedy,hf-pld,medusa,medusa-lookup --method-option medusa-lookup.lookup_nodes=10
+    python -m bench.run --compile ... --method-option medusa-lookup.nodes=4 --method-option medusa-lookup.lookup_nodes=2
+
+With ``nodes`` set to the heads' tree size the chain replaces the heads' last paths when it
+matches (``HybridConfig.budget``), so a step verifies as many tokens as the static tree does: on a
+CPU, where a compiled 5-token verify costs 1.6x a 4-token one, that is the only hybrid that can pay.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.methods.base import EngineMethod, MethodContext, tree_of
+from bench.methods.medusa import MedusaOptions
 from bench.methods.medusa_dynamic import DynamicOptions, dynamic_policy
 from common.errors import WorkbenchError
 from medusa.acceptance import AcceptanceConfig
@@ -26,18 +32,26 @@ from medusa.policy import LookupPolicy, StaticPolicy
 
 
 @dataclass(frozen=True)
-class LookupOptions:
-    """The lookup chain's nodes and n-gram sizes; the heads' part static (the run's tree) or dynamic."""
+class LookupOptions(MedusaOptions):
+    """The lookup chain's nodes and n-gram sizes; the heads' part static (the run's tree) or dynamic;
+    `proposal_vocab` as `medusa`'s."""
 
     lookup_nodes: int = 10
     max_ngram: int = 3
     min_ngram: int = 1
     dynamic: bool = False
     budget: int = 16  # dynamic heads' part only: nodes of the heads' tree
+    # Nodes verified per step, root included; 0: the heads' tree plus lookup_nodes. Set to the heads'
+    # tree size, a matched chain takes the heads' last paths' places, so the verify (compiled: one
+    # shape) costs what the static tree's does.
+    nodes: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.lookup_nodes < 0:
             raise WorkbenchError(f"medusa-lookup option lookup_nodes must be >= 0, got {self.lookup_nodes}")
+        if self.nodes < 0:
+            raise WorkbenchError(f"medusa-lookup option nodes must be >= 0 (0: heads' tree + lookup_nodes), got {self.nodes}")
         LookupConfig(max_ngram=self.max_ngram, min_ngram=self.min_ngram, max_chain=max(self.lookup_nodes, 1))
 
 
@@ -58,6 +72,7 @@ class MedusaLookup(EngineMethod):
         lookup = LookupConfig(max_ngram=o.max_ngram, min_ngram=o.min_ngram, max_chain=max(o.lookup_nodes, 1))
         # compiled: every step padded to the full budget, so the verify compiles once
         compile_ = context.settings.compile or self.compiled
-        policy = LookupPolicy(heads_part, HybridConfig(budget=heads_part.node_budget + o.lookup_nodes,
-                                                       lookup_nodes=o.lookup_nodes, pad=compile_), lookup, device)
+        budget = o.nodes or heads_part.node_budget + o.lookup_nodes
+        policy = LookupPolicy(heads_part, HybridConfig(budget=budget, lookup_nodes=o.lookup_nodes, pad=compile_),
+                              lookup, device)
         super().__init__(context, o, policy, AcceptanceConfig(rule="greedy"))
