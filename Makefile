@@ -162,13 +162,14 @@ bench-compiled: venv
 
 # Per-step hybrid trees, compiled: the compiled tree's 4 nodes, a prompt-lookup chain taking up to
 # LOOKUP_NODES of them when the text repeats (medusa-lookup nodes=4), against static medusa and hf-pld
-# on the first 2 MT-Bench questions of each category x 2 turns (2 shards x 1 thread).
+# on the first LOOKUP_LIMIT MT-Bench questions of each category (10: all 80) x 2 turns (2 shards x 1 thread).
 LOOKUP_RUN ?= results/bench/per-step-compiled-$(THREADS)t-n4-l$(LOOKUP_NODES)
 LOOKUP_NODES ?= 3
+LOOKUP_LIMIT ?= 2
 bench-lookup: venv
 	rm -rf $(LOOKUP_RUN) $(LOOKUP_RUN)-shard*
 	pids=""; for i in 0 1; do \
-		$(BENCH) --methods hf-greedy,hf-pld,medusa,medusa-lookup --compile --limit 2 --turns 2 --max-new-tokens 128 \
+		$(BENCH) --methods hf-greedy,hf-pld,medusa,medusa-lookup --compile --limit $(LOOKUP_LIMIT) --turns 2 --max-new-tokens 128 \
 			--tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
 			--method-option medusa.proposal_vocab=$(PROPOSAL_VOCAB) --method-option medusa-lookup.proposal_vocab=$(PROPOSAL_VOCAB) \
 			--method-option medusa-lookup.nodes=4 --method-option medusa-lookup.lookup_nodes=$(LOOKUP_NODES) \

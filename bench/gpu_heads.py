@@ -46,6 +46,10 @@ dequantises them and places the folder where `medusa.backbone` finds the short n
     python -m bench.gpu_heads --out OUT --prompts-pack .gpu_model/prompts.jsonl.gz \\
         --loss hard --steps 4000 --batch-size 1024
 
+``--distilled ARCHIVE`` skips generation: the two distill phases unpack and summarise an earlier
+run's ``distill.tar.gz`` (``results/gpu/nvidia-h200/distill_7730.tar.gz`` holds the whole training
+split, 1.6M tokens, and travels with the tracked tree), so a call's minutes all go to training.
+
 ``--smoke`` runs every phase at toy sizes with a tiny random model on the CPU in seconds
 (`tests/test_gpu_heads.py`); ``--smoke --backbone smollm2-135m`` does the same with the real model.
 """
@@ -73,7 +77,7 @@ import torch
 
 from common.cli import Parser, add_dtype, add_threads, apply_threads, run_cli
 from common.errors import WorkbenchError
-from common.io import atomic_write, ensure_writable, write_json
+from common.io import atomic_write, ensure_writable, read_json, write_json
 from common.paths import REPO_ROOT
 from common.provenance import Provenance
 from medusa.backbone import DEFAULT_BACKBONE, Backbone, load_backbone, parse_dtype
@@ -117,6 +121,8 @@ class RecipeConfig:
     # The whole run's seconds (bench/gpu_heads.sh passes its time limit): stage 1 stops taking steps
     # STAGE1_RESERVE_S before it, so its heads are evaluated, saved and bundled before the SIGINT.
     time_limit_s: float | None = None
+    # A distill.tar.gz of an earlier run (its distill/train and distill/eval): train on it, generate nothing.
+    distilled: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "distill_batch_size", "distill_block", "teacher_block", "stage2_batch_size"):
@@ -232,6 +238,24 @@ def distill_blocks(backbone: Backbone, config: DistillConfig, out: Path, block: 
             "complete": complete, "budget_s": budget_s, "wall_s": round(time.perf_counter() - t0, 1),
             "new_tokens_per_s": round(record["new_tokens"] / max(time.perf_counter() - t0, 1e-9), 1),
             "skipped": record["load_report"]["skipped"], "settings": record["settings"]}
+
+
+def unpack_distilled(archive: Path, work: Path) -> dict[str, Any]:
+    """An earlier run's ``distill.tar.gz`` into ``work/distill/{train,eval}``."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+    missing = [s for s in ("train", "eval") if not (work / "distill" / s / "run.json").is_file()]
+    if missing:
+        raise WorkbenchError(f"{archive} holds no distill/{'/, distill/'.join(missing)}/ folder (a bench.gpu_heads distill.tar.gz has both)")
+    return {"archive": str(archive), "sha256": hashlib.sha256(archive.read_bytes()).hexdigest()}
+
+
+def archived_summary(folder: Path) -> dict[str, Any]:
+    """What `distill_blocks` reports, for unpacked data: samples, generated tokens, its settings."""
+    samples = read_samples(folder)
+    record = read_json(folder / "run.json", "distillation record")
+    return {"samples": len(samples), "new_tokens": sum(s.generated for s in samples), "complete": True,
+            "from_archive": True, "settings": record.get("settings", {})}
 
 
 def teacher_source(samples: Sequence[Sample], prompts: dict[str, Prompt], backbone: Backbone, path: Path) -> Path:
@@ -403,16 +427,21 @@ def data_phases(run: Run, phases: Phases, backbone: Backbone) -> Path:
     recipe = run.recipe
     base = DistillConfig(backbone=run.model, dtype=run.dtype, source=str(run.prompts_file),
                          max_new_tokens=recipe.max_new_tokens, batch_size=recipe.distill_batch_size)
-    phases.run("distill_eval", lambda: distill_blocks(
-        backbone, replace(base, split="eval", limit=recipe.eval_limit), run.eval_data, recipe.distill_block,
-        recipe.distill_budget_s, say))
-    phases.run("distill_train", lambda: distill_blocks(
-        backbone, replace(base, split="train", limit=recipe.limit), run.data, recipe.distill_block,
-        recipe.distill_budget_s, say))
-    if recipe.keep_data:  # what was distilled comes back even when the training split was cut short
-        phases.run("bundle_data", lambda: write_tar(run.out / "distill.tar.gz", [
-            (folder, f"distill/{folder.name}") for folder in (run.data, run.eval_data) if folder.is_dir()]),
-            needs=("distill_eval",), always=True)
+    if recipe.distilled:  # an earlier run's data: unpacked, summarised, not generated again
+        phases.run("unpack_data", lambda: unpack_distilled(Path(recipe.distilled), run.work))
+        phases.run("distill_eval", lambda: archived_summary(run.eval_data), needs=("unpack_data",))
+        phases.run("distill_train", lambda: archived_summary(run.data), needs=("unpack_data",))
+    else:
+        phases.run("distill_eval", lambda: distill_blocks(
+            backbone, replace(base, split="eval", limit=recipe.eval_limit), run.eval_data, recipe.distill_block,
+            recipe.distill_budget_s, say))
+        phases.run("distill_train", lambda: distill_blocks(
+            backbone, replace(base, split="train", limit=recipe.limit), run.data, recipe.distill_block,
+            recipe.distill_budget_s, say))
+        if recipe.keep_data:  # what was distilled comes back even when the training split was cut short
+            phases.run("bundle_data", lambda: write_tar(run.out / "distill.tar.gz", [
+                (folder, f"distill/{folder.name}") for folder in (run.data, run.eval_data) if folder.is_dir()]),
+                needs=("distill_eval",), always=True)
     if run.train.loss == "hard":
         return run.data
     teacher_dir = run.work / "teacher"
@@ -533,6 +562,8 @@ def build_parser(smoke: bool) -> Parser:
     g.add_argument("--teacher-budget-s", type=float, default=r.teacher_budget_s, help="the same for --loss soft|mix")
     g.add_argument("--time-limit-s", type=float, default=r.time_limit_s,
                    help=f"the run's seconds: stage 1 stops {STAGE1_RESERVE_S:g} s before, then evaluates and bundles its heads")
+    g.add_argument("--distilled", default=r.distilled, metavar="ARCHIVE",
+                   help="train on an earlier run's distill.tar.gz (e.g. results/gpu/nvidia-h200/distill_7730.tar.gz) instead of generating")
     g.add_argument("--no-data", dest="keep_data", action="store_false", help="do not bring the distilled data back")
     g = p.add_argument_group("training (medusa.train's flags and defaults)")
     g.add_argument("--loss", default=d.loss, choices=LOSSES)
@@ -568,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise WorkbenchError(f"--device {args.device}: CUDA is not available here")
     recipe = RecipeConfig(**{k: getattr(args, k) for k in asdict(RecipeConfig())})
+    if recipe.distilled and not Path(recipe.distilled).is_file():
+        raise WorkbenchError(f"--distilled {recipe.distilled}: no such archive")
     train = TrainConfig(**{k: getattr(args, k) for k in TRAIN_FIELDS})
     out = ensure_writable(args.out, "the report")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="gpu-heads-"))

@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_heads.sh OUT_DIR [MODEL_DIR [bench.gpu_heads flags...]]
 #   e.g. bash bench/gpu_heads.sh "$OUT" .gpu_model --loss hard --steps 4000 --batch-size 1024 --proj-dtype bfloat16
+#        bash bench/gpu_heads.sh "$OUT" .gpu_model --distilled results/gpu/nvidia-h200/distill_7730.tar.gz --layers 2 ...
 #
 # MODEL_DIR (default .gpu_model/) holds what the device calls carried: the GGUF parts, their manifest and the gguf wheel
 # (`make gpu-parts`; see bench/gpu_model.sh) and the prompt pack prompts.jsonl.gz

@@ -1,6 +1,6 @@
 """Cut the SmolLM2 GGUF into parts that each fit one device call, with a manifest to check the join.
 
-The device tool sends at most 64 MiB per call, the tracked tree included (~20 MB), so the 98 MB
+The device tool sends at most 64 MiB per call, the tracked tree included (~26 MB), so the 98 MB
 GGUF travels in parts, one per call while the machine stays warm; `bench/gpu_model.sh` joins them
 there and checks the whole file's sha256 against the manifest ``<gguf>.parts`` ("N SHA256"), so a
 part left over from an older cut or a machine that went cold between calls fails with one line
@@ -12,6 +12,7 @@ instead of dequantising a wrong file. Run through ``make gpu-parts``, or::
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,9 +20,11 @@ from pathlib import Path
 from common.cli import Parser, run_cli
 from common.errors import WorkbenchError
 from common.io import atomic_write, ensure_writable
+from common.paths import REPO_ROOT
 from medusa.backbone import gguf_path
 
 DEFAULT_PARTS = 3
+CALL_LIMIT = 64 * 2**20  # what one device call may carry, the working tree included
 
 
 def split_file(src: Path, folder: Path, parts: int = DEFAULT_PARTS) -> list[Path]:
@@ -38,15 +41,37 @@ def split_file(src: Path, folder: Path, parts: int = DEFAULT_PARTS) -> list[Path
     return out
 
 
+def tracked_bytes(repo: Path) -> int | None:
+    """Bytes of the files git tracks in `repo` (what every device call sends), None outside a checkout."""
+    try:
+        names = subprocess.run(["git", "-C", str(repo), "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sum((repo / n).stat().st_size for n in names.decode().split("\0") if n and (repo / n).is_file())
+
+
+def call_sizes(part_bytes: int, tracked: int | None) -> str:
+    """One line: what a call carrying one part weighs against the device's limit."""
+    if tracked is None:
+        return f"largest part {part_bytes / 2**20:.1f} MiB (not in a git checkout: add the tracked tree yourself)"
+    total = part_bytes + tracked
+    verdict = "fits" if total <= CALL_LIMIT else "OVER: use more --parts"
+    return (f"one call = tracked tree {tracked / 2**20:.1f} MiB + largest part {part_bytes / 2**20:.1f} MiB = "
+            f"{total / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB: {verdict}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="where the parts go (.gpu_model: git-ignored, carried by the device calls)")
     p.add_argument("--parts", type=int, default=DEFAULT_PARTS, help=f"number of parts (default {DEFAULT_PARTS})")
     p.add_argument("--backbone", default="smollm2-135m", help="short name of the packaged GGUF to cut")
     args = p.parse_args(argv)
-    for path in split_file(gguf_path(args.backbone), Path(args.folder), args.parts):
+    parts = split_file(gguf_path(args.backbone), Path(args.folder), args.parts)
+    for path in parts:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
-    return 0
+    line = call_sizes(max(p.stat().st_size for p in parts), tracked_bytes(REPO_ROOT))
+    print(line)
+    return 0 if "OVER" not in line else 1
 
 
 if __name__ == "__main__":

@@ -209,6 +209,33 @@ def test_smoke_runs_every_phase_and_brings_back_heads_data_and_report(tmp_path, 
         assert report["phases"]["teacher"]["result"]["records"] == len(train)
 
 
+def test_distilled_archive_is_trained_on_without_generating(tmp_path, monkeypatch, capsys):
+    assert G.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "first")]) == 0
+    archive = tmp_path / "first" / "distill.tar.gz"
+    first = json.loads((tmp_path / "first" / "report.json").read_text())
+
+    def no_generation(*a, **k):
+        raise AssertionError("--distilled must not generate")
+
+    monkeypatch.setattr(G, "distill_blocks", no_generation)
+    assert G.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "again"), "--distilled", str(archive)]) == 0
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert list(report["phases"]) == ["unpack_data", "distill_eval", "distill_train", "stage1", "bundle_heads"]
+    for split in ("eval", "train"):
+        got, made = report["phases"][f"distill_{split}"]["result"], first["phases"][f"distill_{split}"]["result"]
+        assert got["from_archive"] and (got["samples"], got["new_tokens"]) == (made["samples"], made["new_tokens"])
+    assert report["phases"]["stage1"]["result"]["train_rows"] == first["phases"]["stage1"]["result"]["train_rows"]
+    assert not (tmp_path / "again" / "distill.tar.gz").exists()  # nothing new to bring back
+    capsys.readouterr()
+    assert run_cli(G.main, ["--smoke", "--out", str(tmp_path / "o3"), "--distilled", str(tmp_path / "none.tar.gz")]) == 2
+    assert "no such archive" in one_line_error(capsys)
+    with tarfile.open(tmp_path / "empty.tar.gz", "w:gz"):
+        pass
+    assert G.main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "o4"), "--distilled", str(tmp_path / "empty.tar.gz")]) == 1
+    bad = json.loads((tmp_path / "o4" / "report.json").read_text())
+    assert "holds no distill/train" in bad["phases"]["unpack_data"]["error"] and "skipped" in bad["phases"]["stage1"]
+
+
 def test_interrupted_phase_is_reported_and_what_finished_is_still_bundled(tmp_path, monkeypatch):
     def killed(*a, **k):
         raise KeyboardInterrupt  # what the wrapper's `timeout -s INT` does mid-training
@@ -323,6 +350,13 @@ def test_split_file_cuts_near_equal_parts_and_writes_the_manifest(tmp_path):
     assert n == "3" and len(digest) == 64
     with pytest.raises(WorkbenchError, match="--parts"):
         P.split_file(src, tmp_path / "m", 0)
+
+
+def test_call_sizes_say_whether_a_part_fits_beside_the_tracked_tree():
+    assert P.call_sizes(33 * 2**20, 26 * 2**20).endswith("fits")
+    assert "OVER" in P.call_sizes(49 * 2**20, 26 * 2**20)
+    assert "not in a git checkout" in P.call_sizes(10, None)
+    assert P.tracked_bytes(REPO) > 0 and P.tracked_bytes(Path("/")) is None
 
 
 def test_gpu_model_joins_the_parts_and_refuses_a_missing_or_stale_one(tmp_path):
