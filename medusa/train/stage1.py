@@ -353,7 +353,7 @@ def run_steps(config: TrainConfig, out: Path, trainer: Trainer, data: Stage1Data
 
 
 def out_of_time(deadline: float | None, accelerator: Accelerator) -> bool:
-    """Whether `deadline` has passed, as every process sees it (the main process decides)."""
+    """Whether `deadline` has passed on any process (a max over processes, so all stop at the same step)."""
     if deadline is None:
         return False
     flag = torch.tensor([float(time.perf_counter() > deadline)], device=accelerator.device)
