@@ -163,17 +163,25 @@ def validation_row(kind: str, tree: Tree, inputs: AccuracyInputs, meas: Measurem
 
 
 def markdown(table: pd.DataFrame) -> str:
+    """The table as markdown: the columns that hold a value (errors against the engine's measurement
+    when the engine ran, against the replay when it replayed, both when both)."""
     cols = ["tree", "node_budget", "predicted_independence", "predicted_empirical", "predicted_replay",
-            "measured_accepted_length", "replayed_accepted_length", "replay_error_independence",
-            "replay_error_empirical", "replay_error_replay", "tokens_per_s"]
+            "measured_accepted_length", "replayed_accepted_length", "error_independence", "error_empirical",
+            "error_replay", "replay_error_independence", "replay_error_empirical", "replay_error_replay",
+            "tokens_per_s"]
+    cols = cols[:2] + [c for c in cols[2:] if c in table.columns and table[c].notna().any()]
+
+    def cell(c: str, v: Any) -> str:
+        if c == "tree":
+            return str(v)
+        if c == "node_budget":
+            return str(int(v))
+        if pd.isna(v):
+            return "-"
+        return f"{100 * v:+.1f}%" if "error" in c else f"{v:.1f}" if c == "tokens_per_s" else f"{v:.3f}"
+
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-    body = ""
-    for _, r in table.iterrows():
-        cells = [str(r["tree"]), str(int(r["node_budget"]))] + [
-            f"{r[c]:.3f}" if "error" not in c else f"{100 * r[c]:+.1f}%" for c in cols[2:-1]
-        ] + [f"{r['tokens_per_s']:.1f}"]
-        body += "| " + " | ".join(cells) + " |\n"
-    return head + body
+    return head + "".join("| " + " | ".join(cell(c, r[c]) for c in cols) + " |\n" for _, r in table.iterrows())
 
 
 def mtbench_prompts(n: int) -> list[Any]:

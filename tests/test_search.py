@@ -17,7 +17,7 @@ import torch
 import common.paths
 from analysis import fig_trees, figures
 from bench.calibrate import collect_ranks
-from bench.validate import measure_tree, replay_accepted_length
+from bench.validate import markdown, measure_tree, replay_accepted_length
 from common.cli import run_cli
 from common.errors import WorkbenchError
 from common.paths import DEFAULT_HEADS_DIR
@@ -504,3 +504,16 @@ def test_ranks_beside_accuracy_give_the_replay_model(calibration, tmp_path):
     assert r.predicted_replay is not None and 1.0 <= r.predicted_replay <= 5.0
     assert r.tree.meta["predicted_replay"] == r.predicted_replay
     assert search("greedy", 16, str(calibration / "accuracy.csv")).predicted_replay is None
+
+
+def test_validation_markdown_shows_the_errors_each_run_has_and_no_nan():
+    base = {"tree": "t", "node_budget": 5, "predicted_independence": 1.5, "predicted_empirical": 1.6,
+            "predicted_replay": 1.4, "tokens_per_s": 9.0}
+    engine = pd.DataFrame([{**base, "measured_accepted_length": 1.25, "replayed_accepted_length": float("nan"),
+                            "error_independence": 0.2, "error_empirical": 0.28, "error_replay": 0.12,
+                            "replay_error_independence": float("nan"), "replay_error_empirical": float("nan"),
+                            "replay_error_replay": float("nan")}])
+    text = markdown(engine)
+    assert "nan" not in text and "error_replay" in text and "replay_error_replay" not in text and "+12.0%" in text
+    both = engine.assign(replayed_accepted_length=1.3, replay_error_replay=0.08)
+    assert "replay_error_replay" in markdown(both) and "+8.0%" in markdown(both)
