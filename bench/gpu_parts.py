@@ -50,14 +50,18 @@ def tracked_bytes(repo: Path) -> int | None:
     return sum((repo / n).stat().st_size for n in names.decode().split("\0") if n and (repo / n).is_file())
 
 
+def fits(part_bytes: int, tracked: int | None) -> bool:
+    """Whether one call carrying the part stays within the device's limit (unknown tree: assumed so)."""
+    return tracked is None or part_bytes + tracked <= CALL_LIMIT
+
+
 def call_sizes(part_bytes: int, tracked: int | None) -> str:
     """One line: what a call carrying one part weighs against the device's limit."""
     if tracked is None:
         return f"largest part {part_bytes / 2**20:.1f} MiB (not in a git checkout: add the tracked tree yourself)"
-    total = part_bytes + tracked
-    verdict = "fits" if total <= CALL_LIMIT else "OVER: use more --parts"
+    verdict = "fits" if fits(part_bytes, tracked) else "OVER: use more --parts"
     return (f"one call = tracked tree {tracked / 2**20:.1f} MiB + largest part {part_bytes / 2**20:.1f} MiB = "
-            f"{total / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB: {verdict}")
+            f"{(part_bytes + tracked) / 2**20:.1f} MiB of {CALL_LIMIT / 2**20:.0f} MiB: {verdict}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = split_file(gguf_path(args.backbone), Path(args.folder), args.parts)
     for path in parts:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")
-    line = call_sizes(max(p.stat().st_size for p in parts), tracked_bytes(REPO_ROOT))
-    print(line)
-    return 0 if "OVER" not in line else 1
+    largest, tracked = max(p.stat().st_size for p in parts), tracked_bytes(REPO_ROOT)
+    print(call_sizes(largest, tracked))
+    return 0 if fits(largest, tracked) else 1
 
 
 if __name__ == "__main__":

@@ -356,6 +356,7 @@ def test_call_sizes_say_whether_a_part_fits_beside_the_tracked_tree():
     assert P.call_sizes(33 * 2**20, 26 * 2**20).endswith("fits")
     assert "OVER" in P.call_sizes(49 * 2**20, 26 * 2**20)
     assert "not in a git checkout" in P.call_sizes(10, None)
+    assert P.fits(33 * 2**20, 26 * 2**20) and not P.fits(49 * 2**20, 26 * 2**20) and P.fits(10, None)
     assert P.tracked_bytes(REPO) > 0 and P.tracked_bytes(Path("/")) is None
 
 

@@ -106,6 +106,11 @@ class Method:
         """New token ids for one prompt; the only call the harness times."""
         raise NotImplementedError
 
+    def compiles(self, context: MethodContext) -> bool:
+        """Whether this method runs the compiled engine: a `*-compiled` method, or the run's `--compile`
+        (a subclass that shapes its policy for it asks before the engine is set up)."""
+        return context.settings.compile or self.compiled
+
     def warmup_prompts(self, warm_ids: Sequence[int], tokens: int) -> list[list[int]]:
         """Prompts beyond the first the harness warms this method up with (untimed); none by default."""
         del warm_ids, tokens
@@ -198,7 +203,7 @@ class EngineMethod(Method):
         self.heads = context.heads if depth > 0 else None
         self.heads_name = context.heads_name if depth > 0 else ""
         self.acceptance = acceptance
-        self.compile = context.settings.compile or self.compiled
+        self.compile = self.compiles(context)
         if depth > 0:
             if self.heads is None:
                 raise WorkbenchError(f"method {self.name} needs Medusa heads but none were loaded")

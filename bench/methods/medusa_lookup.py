@@ -71,8 +71,7 @@ class MedusaLookup(EngineMethod):
             heads_part = StaticPolicy(tree_of(context, self.name), device)
         lookup = LookupConfig(max_ngram=o.max_ngram, min_ngram=o.min_ngram, max_chain=max(o.lookup_nodes, 1))
         # compiled: every step padded to the full budget, so the verify compiles once
-        compile_ = context.settings.compile or self.compiled
         budget = o.nodes or heads_part.node_budget + o.lookup_nodes
-        policy = LookupPolicy(heads_part, HybridConfig(budget=budget, lookup_nodes=o.lookup_nodes, pad=compile_),
-                              lookup, device)
+        policy = LookupPolicy(heads_part, HybridConfig(budget=budget, lookup_nodes=o.lookup_nodes,
+                                                       pad=self.compiles(context)), lookup, device)
         super().__init__(context, o, policy, AcceptanceConfig(rule="greedy"))
