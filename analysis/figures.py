@@ -31,6 +31,8 @@ function -> file stem):
   9. ``pareto``: `pareto_front` -> pareto_<front>
 - `analysis.fig_confidence` (``calibration/<heads>/confidence.csv``):
   10. ``confidence``: `reliability` -> confidence_reliability
+- `analysis.fig_policies` (``calibration/<heads>/policies.csv``, `bench.policy_replay`):
+  13. ``policies``: `policy_budget` -> policy_budget
 - `analysis.fig_heads_study` (``heads_study.csv``, `bench.heads_study`):
   11. ``heads-study``: `recipe_study` -> heads_study
 - `analysis.fig_throughput` (``throughput/<run>/requests.csv``, `bench.throughput`):
@@ -60,6 +62,7 @@ from analysis.fig_bench import (
 )
 from analysis.fig_confidence import reliability
 from analysis.fig_heads_study import recipe_study
+from analysis.fig_policies import policy_budget
 from analysis.fig_machine import latency_profile, training_curves
 from analysis.fig_throughput import batching
 from analysis.fig_trees import (
@@ -95,6 +98,7 @@ FIGURES: dict[str, FigureSpec] = {
     "confidence": FigureSpec(reliability, "calibrated confidence of the heads' probabilities (per-step trees)"),
     "heads-study": FigureSpec(recipe_study, "heads recipe study: top-1 per head and replayed accepted length"),
     "batching": FigureSpec(batching, "throughput and Medusa's speedup against batch size"),
+    "policies": FigureSpec(policy_budget, "static, dynamic and hybrid (lookup + heads) trees against node budget"),
 }
 
 

@@ -54,6 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -68,14 +69,21 @@ from medusa.decode import DecodeConfig, generate
 from medusa.heads import heads_fingerprint
 from medusa.official_layout import is_official_layout
 from medusa.resolve import add_model_args, resolve_heads
+from medusa.subvocab import SubVocabHeads
 from trees.acceptance_model import (
     RANKS_COLUMNS,
     load_ranks,
     marginals_from_ranks,
     path_stats_from_ranks,
 )
-from trees.confidence import CANDIDATES_COLUMNS, CONFIDENCE_FILE, fit_confidence, load_candidates
+from trees.confidence import (
+    CANDIDATE_TABLE_COLUMNS,
+    CONFIDENCE_FILE,
+    fit_confidence,
+    load_candidates,
+)
 from trees.holdout import holdout_evaluation, summarize_holdout
+from trees.policy_replay import SEQUENCE_COLUMNS, SEQUENCE_STEM, load_sequences
 from trees.tree import Tree, preset
 
 
@@ -165,9 +173,10 @@ def head_topk_probs(
     The probabilities are None for a proposer that is not an `nn.Module` (it gives ids only).
     """
     if isinstance(heads, torch.nn.Module):
-        logits = heads(hidden[first:]).float()  # (K, T, V)
+        logits = heads(hidden[first:]).float()  # (K, T, V), or (K, T, S) over a sub-vocabulary
         top = torch.topk(logits, top_r, dim=-1)
-        return top.indices, torch.exp(top.values - torch.logsumexp(logits, dim=-1, keepdim=True))
+        ids = heads.token_ids[top.indices] if isinstance(heads, SubVocabHeads) else top.indices
+        return ids, torch.exp(top.values - torch.logsumexp(logits, dim=-1, keepdim=True))
     rows = [heads.propose(hidden[j], list(ids[: j + 2]), top_r) for j in range(first, hidden.shape[0])]
     return torch.stack(rows, dim=1), None
 
@@ -183,7 +192,10 @@ class Measured:
     """What calibration measures: the ranks table and, when the heads give probabilities, the candidates table."""
 
     ranks: pd.DataFrame  # RANKS_COLUMNS
-    probs: pd.DataFrame | None  # CANDIDATES_COLUMNS (trees.confidence); None: not measured
+    probs: pd.DataFrame | None  # CANDIDATES_COLUMNS + token (trees.confidence); None: not measured
+    # SEQUENCE_COLUMNS (trees.policy_replay): the decoded text, which lookup chains are replayed from;
+    # None: not measured (a calibration made before the table existed)
+    tokens: pd.DataFrame | None = None
 
 
 @torch.inference_mode()
@@ -204,9 +216,11 @@ def prompt_tables(
     p, n = len(prompt_ids), len(ids)
     # Hidden at j predicts the root ids[j+1]; head h targets ids[j+1+h]. Keep j with j+1+K <= n-1.
     first, last = p - 1, n - 2 - k
-    probs_empty = pd.DataFrame(columns=CANDIDATES_COLUMNS) if isinstance(heads, torch.nn.Module) else None
+    probs_empty = pd.DataFrame(columns=CANDIDATE_TABLE_COLUMNS) if isinstance(heads, torch.nn.Module) else None
+    # The whole text, positions counted from the first output token (the prompt's are negative).
+    sequence = pd.DataFrame({"prompt": "", "position": np.arange(n) - p, "token": np.asarray(ids, dtype=np.int64)})
     if last < first:
-        return Measured(pd.DataFrame(columns=RANKS_COLUMNS), probs_empty)
+        return Measured(pd.DataFrame(columns=RANKS_COLUMNS), probs_empty, sequence)
     hidden = hidden_states(backbone, ids[: last + 1])  # positions past `last` are never needed
     topk, probs = head_topk_probs(heads, hidden, ids, first, top_r)  # (K, T, R) each
     t = last - first + 1
@@ -221,7 +235,7 @@ def prompt_tables(
         "rank0": r.reshape(-1).numpy(),
     })
     if probs is None:
-        return Measured(ranks, None)
+        return Measured(ranks, None, sequence)
     width = probs.shape[-1]
     hit = (topk[:, :t] == targets[..., None]).cpu()  # (K, T, R)
     table = pd.DataFrame({
@@ -231,8 +245,9 @@ def prompt_tables(
         "rank0": torch.arange(width).repeat(k * t).numpy(),
         "prob": probs[:, :t].reshape(-1).cpu().numpy(),
         "hit": hit.reshape(-1).numpy(),
+        "token": topk[:, :t].reshape(-1).cpu().numpy(),
     })
-    return Measured(ranks, table)
+    return Measured(ranks, table, sequence)
 
 
 def collect_ranks(
@@ -274,11 +289,12 @@ def collect_tables(
     batch_size: int = 1,
     probabilities: bool = True,
 ) -> Measured:
-    """`collect_ranks` with the candidates table beside the ranks (see `Measured`).
+    """`collect_ranks` with the candidates and sequence tables beside the ranks (see `Measured`).
 
     The candidates table is measured when asked (`probabilities`), the heads give probabilities
     and `done` (if any) has one for its prompts; otherwise `probs` is None (a table covering only
-    some prompts would mislead the confidence fit).
+    some prompts would mislead the confidence fit). The sequence table likewise: None when `done`
+    has ranks without one.
     """
     if top_r > backbone.vocab_size:
         raise WorkbenchError(f"top_r {top_r} exceeds the vocabulary ({backbone.vocab_size})")
@@ -288,6 +304,8 @@ def collect_tables(
     with_probs = probabilities and isinstance(heads, torch.nn.Module) and (not has_done or done.probs is not None)
     parts = [done.ranks] if has_done else []
     prob_parts = [done.probs] if has_done and with_probs else []
+    with_tokens = not has_done or done.tokens is not None
+    token_parts = [done.tokens] if has_done and with_tokens else []
     seen = set(done.ranks["prompt"].astype(str)) if has_done else set()
     todo = [(str(name), ids) for name, ids in prompts if str(name) not in seen]
     t0 = time.perf_counter()
@@ -304,28 +322,53 @@ def collect_tables(
             if with_probs and part.probs is not None:
                 part.probs["prompt"] = name
                 prob_parts.append(part.probs)
+            if with_tokens and part.tokens is not None:
+                part.tokens["prompt"] = name
+                token_parts.append(part.tokens)
             if progress:
                 print(f"  prompt {start + j + 1}/{len(todo)}: {len(out)} tokens, "
                       f"{len(part.ranks) // max(heads.num_heads, 1)} positions ({time.perf_counter() - t0:.0f} s)",
                       file=sys.stderr)
         if on_prompt is not None:
-            on_prompt(_measured(parts, prob_parts if with_probs else None))
+            on_prompt(_measured(parts, prob_parts if with_probs else None, token_parts if with_tokens else None))
     if not parts:
         raise WorkbenchError("calibration produced no positions (prompts too short to score every head)")
-    return _measured(parts, prob_parts if with_probs else None)
+    return _measured(parts, prob_parts if with_probs else None, token_parts if with_tokens else None)
 
 
-def _measured(parts: list[pd.DataFrame], prob_parts: list[pd.DataFrame] | None) -> Measured:
+def measure_texts(backbone: Backbone, heads: Any, texts: Sequence[tuple[str, Sequence[int], Sequence[int]]],
+                  top_r: int) -> Measured:
+    """The tables of texts already decoded, (name, prompt ids, output ids) each: no decoding, one
+    teacher-forced forward per text (a bench run's outputs, `bench.policy_replay --on-run-text`)."""
+    parts, prob_parts, token_parts = [], [], []
+    for name, prompt_ids, output_ids in texts:
+        part = prompt_tables(backbone, heads, prompt_ids, output_ids, top_r)
+        for table, into in ((part.ranks, parts), (part.probs, prob_parts), (part.tokens, token_parts)):
+            if table is not None:
+                table["prompt"] = str(name)
+                into.append(table)
+    if not parts:
+        raise WorkbenchError("no texts to measure")
+    return _measured(parts, prob_parts if isinstance(heads, torch.nn.Module) else None, token_parts)
+
+
+def _measured(parts: list[pd.DataFrame], prob_parts: list[pd.DataFrame] | None,
+              token_parts: list[pd.DataFrame] | None = None) -> Measured:
     """The tables so far, with their declared columns and dtypes."""
     ranks = pd.concat(parts, ignore_index=True)[RANKS_COLUMNS]
     ranks = ranks.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64"})
+    tokens = None
+    if token_parts is not None:
+        tokens = pd.concat(token_parts or [pd.DataFrame(columns=SEQUENCE_COLUMNS)], ignore_index=True)[SEQUENCE_COLUMNS]
+        tokens = tokens.astype({"prompt": str, "position": "int64", "token": "int64"})
     if prob_parts is None:
-        return Measured(ranks, None)
-    probs = pd.concat([p for p in prob_parts if not p.empty] or [pd.DataFrame(columns=CANDIDATES_COLUMNS)],
-                      ignore_index=True)[CANDIDATES_COLUMNS]
+        return Measured(ranks, None, tokens)
+    columns = [c for c in CANDIDATE_TABLE_COLUMNS if all(c in p.columns for p in prob_parts)]
+    probs = pd.concat([p for p in prob_parts if not p.empty] or [pd.DataFrame(columns=columns)],
+                      ignore_index=True)[columns]
     probs = probs.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64",
-                          "prob": "float32", "hit": bool})
-    return Measured(ranks, probs)
+                          "prob": "float32", "hit": bool, **({"token": "int64"} if "token" in columns else {})})
+    return Measured(ranks, probs, tokens)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -336,9 +379,15 @@ def write_ranks(ranks: pd.DataFrame, path: Path) -> Path:
 
 
 def write_measured(measured: Measured, ranks_path: Path, probs_path: Path) -> None:
-    """Checkpoint both tables: probabilities first, so a run cut off between the two writes leaves
-    extra prompts only in the candidates table (which `resumable` trims). When this run measures
-    no probabilities, an earlier run's candidates and confidence tables are removed (stale)."""
+    """Checkpoint the tables: sequences and probabilities first, so a run cut off between the writes
+    leaves extra prompts only in those (which `resumable` trims). When this run measures no
+    probabilities (no sequences), an earlier run's candidates and confidence tables (its sequence
+    table) are removed (stale)."""
+    tokens_path = probs_path.parent / f"{SEQUENCE_STEM}{probs_path.suffix}"
+    if measured.tokens is not None:
+        write_ranks(measured.tokens, tokens_path)
+    else:
+        tokens_path.unlink(missing_ok=True)
     if measured.probs is not None:
         write_ranks(measured.probs, probs_path)
     else:
@@ -433,7 +482,17 @@ def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: se
     if probs is None and not done.empty:
         print(f"note: the resumed ranks have no probabilities in {display(probs_path or ranks_path.parent)}, so "
               f"{CONFIDENCE_FILE} will not be written (--fresh measures both)", file=sys.stderr)
-    return Measured(done.reset_index(drop=True), probs)
+    tokens = None
+    tokens_path = ranks_path.parent / f"{SEQUENCE_STEM}{ranks_path.suffix}"
+    if tokens_path.is_file():
+        table = load_sequences(tokens_path)
+        table = table[table["prompt"].isin(set(done["prompt"].astype(str)))]
+        if set(table["prompt"]) == set(done["prompt"].astype(str)):
+            tokens = table.reset_index(drop=True)
+    if tokens is None and not done.empty:
+        print(f"note: the resumed ranks have no sequence table {display(tokens_path)}, so lookup chains cannot be "
+              f"replayed from this calibration (--fresh measures it)", file=sys.stderr)
+    return Measured(done.reset_index(drop=True), probs, tokens)
 
 
 def now() -> str:

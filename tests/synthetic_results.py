@@ -133,6 +133,14 @@ def build(root: str | Path, seed: int = 0) -> Path:
     cand = pd.DataFrame({"head": np.repeat(np.arange(1, K + 1), 400), "prob": rng.uniform(0, 1, 400 * K)})
     cand["hit"] = rng.uniform(0, 1, len(cand)) < cand["prob"] ** 0.8
     fit_confidence(cand).save(cal / "confidence.csv")
+    # per-step policies against budget (bench.policy_replay) and one run's measured points
+    pd.DataFrame([{"policy": pol, "budget": b, "lookup_nodes": lk, "tokens_per_step": 1.3 + 0.1 * i + 0.05 * lk + 0.1 * (b > 4),
+                   "tokens_per_s": (1.3 + 0.1 * i + 0.05 * lk) / (0.02 + 0.001 * b), "latency": "latency/cpu.csv"}
+                  for i, pol in enumerate(("static", "dynamic", "hybrid")) for b in (4, 8, 16)
+                  for lk in ((0,) if pol != "hybrid" else (0, 1, 3))]).to_csv(cal / "policies.csv", index=False)
+    pd.DataFrame([{"method": m, "turn": t, "nodes": 4, "measured": 1.4 + 0.3 * (m != "medusa") + 0.1 * (t == "2")}
+                  for m in ("medusa", "medusa-lookup") for t in ("all", "1", "2")]
+                 ).to_csv(cal / "policy_validation.csv", index=False)
     # the heads recipe study (bench.heads_study): two runs
     pd.DataFrame([{"run": run, "data": data, "loss": "hard", "on_path": on, "train_rows": 1000 * (i + 1),
                    "steps": 300, "eval_data": "data/distill/eval",

@@ -35,7 +35,8 @@ from trees.acceptance_model import (
     rank_matrix,
     simulate_steps,
 )
-from trees.confidence import CANDIDATES_COLUMNS, load_confidence
+from trees.confidence import CANDIDATE_TABLE_COLUMNS, load_confidence
+from trees.policy_replay import SEQUENCE_COLUMNS, load_sequences
 from trees.tree import Tree, chain
 
 PROMPTS = [("a", [1, 5, 9, 12, 7]), ("b", [3, 4, 8]), ("c", [11, 2, 2, 6, 30, 31])]
@@ -189,7 +190,18 @@ def test_candidates_table_agrees_with_ranks_and_softmax(tiny, tmp_path):
     measured = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
     pd.testing.assert_frame_equal(measured.ranks, collect_ranks(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4))
     probs = measured.probs
-    assert list(probs.columns) == CANDIDATES_COLUMNS and len(probs) == 4 * len(measured.ranks)
+    assert list(probs.columns) == CANDIDATE_TABLE_COLUMNS and len(probs) == 4 * len(measured.ranks)
+    # the sequence table is prompt + greedy output, positions from the first output token
+    seq = measured.tokens
+    assert list(seq.columns) == SEQUENCE_COLUMNS
+    for name, ids in PROMPTS:
+        text = seq[seq["prompt"] == name].sort_values("position")
+        assert text["token"].tolist() == list(ids) + greedy_continuation(tiny, ids, 12)
+        assert text["position"].tolist() == list(range(-len(ids), 12))
+    # a hit candidate's token is the text's token `head` places past the root (output position)
+    hits = probs[probs["hit"]].merge(seq.rename(columns={"position": "at", "token": "truth"}), on="prompt")
+    hits = hits[hits["at"] == hits["position"] + hits["head"]]
+    assert len(hits) == int(probs["hit"].sum()) > 0 and (hits["token"] == hits["truth"]).all()
     # a candidate is a hit exactly when its rank is the true token's rank
     merged = probs.merge(measured.ranks, on=["prompt", "position", "head"], suffixes=("", "_true"))
     assert len(merged) == len(probs)
@@ -221,8 +233,9 @@ def test_resume_keeps_probabilities_only_when_they_cover_the_done_prompts(tiny, 
     first = collect_tables(tiny, heads, PROMPTS[:1], max_new_tokens=12, top_r=4)
     resumed = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, done=first)
     pd.testing.assert_frame_equal(resumed.probs, full.probs)
+    pd.testing.assert_frame_equal(resumed.tokens, full.tokens)
     old = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4, done=Measured(first.ranks, None))
-    assert old.probs is None  # an older calibration's ranks: no partial table
+    assert old.probs is None and old.tokens is None  # an older calibration's ranks: no partial tables
     # on disk: a run cut off after writing probabilities but before ranks has one prompt too many there
     meta = {"heads_fingerprint": "x", "top_r": 4, "max_new_tokens": 12, "source": "sharegpt"}
     (tmp_path / "calibration.json").write_text(json.dumps(meta))
@@ -231,9 +244,14 @@ def test_resume_keeps_probabilities_only_when_they_cover_the_done_prompts(tiny, 
     names = {n for n, _ in PROMPTS}
     back = resumable(tmp_path / "ranks.parquet", tmp_path / "calibration.json", meta, names, tmp_path / "probs.parquet")
     pd.testing.assert_frame_equal(back.probs, first.probs)
+    pd.testing.assert_frame_equal(back.tokens, first.tokens)
+    pd.testing.assert_frame_equal(load_sequences(tmp_path / "tokens.parquet"), first.tokens)
     (tmp_path / "probs.parquet").unlink()
     back = resumable(tmp_path / "ranks.parquet", tmp_path / "calibration.json", meta, names, tmp_path / "probs.parquet")
     assert back.probs is None and "confidence.csv will not be written" in capsys.readouterr().err
+    (tmp_path / "tokens.parquet").unlink()
+    back = resumable(tmp_path / "ranks.parquet", tmp_path / "calibration.json", meta, names, tmp_path / "probs.parquet")
+    assert back.tokens is None and "lookup chains cannot be replayed" in capsys.readouterr().err
 
 
 def test_derive_only_on_an_old_calibration_says_the_table_is_missing(tiny, tmp_path, capsys):

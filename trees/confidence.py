@@ -41,7 +41,10 @@ import torch
 from common.errors import MissingResult, WorkbenchError
 from common.io import display, read_csv, write_csv
 
-CANDIDATES_COLUMNS = ["prompt", "position", "head", "rank0", "prob", "hit"]
+CANDIDATES_COLUMNS = ["prompt", "position", "head", "rank0", "prob", "hit"]  # required when read
+# As written since the token column was added: the candidate's token id, which hybrid trees are
+# replayed with (`trees.policy_replay`); older tables lack it and load without it.
+CANDIDATE_TABLE_COLUMNS = [*CANDIDATES_COLUMNS, "token"]
 CONFIDENCE_COLUMNS = ["head", "prob_lo", "prob_hi", "prob_mean", "confidence", "hits", "count"]
 CONFIDENCE_FILE = "confidence.csv"
 CANDIDATES_FILES = ("probs.parquet", "probs.csv")
@@ -213,4 +216,4 @@ def load_candidates(path: str | os.PathLike) -> pd.DataFrame:
     df = read_csv(path, "candidates table", required=CANDIDATES_COLUMNS, command=MAKE_COMMAND,
                   dtype={"prompt": str} if Path(path).suffix != ".parquet" else None)
     return df.astype({"prompt": str, "position": "int64", "head": "int64", "rank0": "int64",
-                      "prob": "float32", "hit": bool})
+                      "prob": "float32", "hit": bool, **({"token": "int64"} if "token" in df.columns else {})})

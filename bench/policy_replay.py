@@ -1,0 +1,326 @@
+"""Replay static, dynamic and hybrid (prompt lookup + heads) tree policies on a calibration, search
+the hybrid's lookup/heads split on a device profile, and check the prediction against a bench run.
+
+The measuring side of `trees.policy_replay` (which never runs a model): it reads a calibration
+made by ``bench.calibrate --fresh`` (ranks, candidates with token ids, the decoded text),
+computes the prompt-lookup chain at every position with the engine's proposer
+(`medusa.lookup.lookup_chain`), and replays, per node budget:
+
+- ``static``: the heads' static tree (the empirical search on this calibration at that budget;
+  ``--tree FILE`` puts a searched tree at its own budget instead);
+- ``dynamic``: the per-step tree of that many nodes from the calibrated confidence map;
+- ``hybrid``: the chain taking up to L nodes beside the static tree, the rest the heads', padded to
+  the budget (the compiled engine's `medusa-lookup` with ``nodes`` = budget), for every L of
+  ``--lookup-nodes``;
+- ``hybrid-dynamic``: the same with the dynamic tree as the heads' part.
+
+With a latency profile every row predicts tokens/s (accepted length / verify time of `budget`
+nodes), and the best split per budget is printed: the hardware-aware choice of budget and split.
+With ``--run`` the medusa and medusa-lookup records of a bench run are compared with the replay
+of the same policy (tree, nodes, lookup share, n-gram sizes): predicted vs measured accepted length.
+
+    python -m bench.policy_replay                       # shipped heads' calibration, CPU compiled profile
+    python -m bench.policy_replay --budgets 4,8,16,64 --lookup-nodes 0,1,2,3,6,10 \\
+        --latency results/latency/cpu-amd-epyc-1t-compiled.csv --tree results/trees/optuna_cpu_1t_compiled.json \\
+        --run results/bench/mtbench-lookup-compiled-1t --out results/calibration/smollm2-135m-medusa1/policies.csv
+
+Writes ``--out`` (default ``results/_scratch/calibration/<calibration name>/policies.csv``) with
+columns POLICY_COLUMNS, and with ``--run`` ``policy_validation.csv`` beside it (VALIDATION_COLUMNS);
+both atomically, each row with its settings and provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.calibrate import measure_texts
+from bench.methods.base import heads_folder
+from bench.records import load_run, record_key
+from bench.summarize import REFERENCE
+from common.cli import Parser, add_threads, apply_threads, comma_list, run_cli
+from common.errors import WorkbenchError
+from common.io import display, read_json, write_csv
+from common.paths import (
+    CALIBRATION_ROOT,
+    DEFAULT_HEADS_NAME,
+    LATENCY_DIR,
+    TREES_DIR,
+    scratch_calibration_dir,
+)
+from common.provenance import PROVENANCE_COLUMNS, Provenance
+from medusa.backbone import load_backbone
+from medusa.lookup import LookupConfig, lookup_chain
+from medusa.resolve import resolve_heads
+from medusa.subvocab import SubVocabHeads, proposal_vocab
+from trees.acceptance_model import load_ranks
+from trees.confidence import CANDIDATES_FILES, load_candidates, load_confidence
+from trees.cost import load_profile
+from trees.dynamic import DynamicConfig
+from trees.hybrid import HybridConfig
+from trees.optuna_search import monotone_verify_times
+from trees.policy_replay import (
+    SEQUENCE_FILES,
+    PromptText,
+    best_split,
+    chains_for,
+    dynamic_nodes,
+    load_sequences,
+    prompt_texts,
+    split_table,
+    static_nodes,
+    tokens_per_step,
+)
+from trees.search import search
+from trees.tree import Tree
+
+POLICIES = ("static", "dynamic", "hybrid", "hybrid-dynamic")
+POLICY_COLUMNS = ["policy", "budget", "lookup_nodes", "heads_tree", "tokens_per_step", "steps", "positions",
+                  "lookup_share", "verify_s", "tokens_per_s", "max_ngram", "min_ngram", "calibration",
+                  "heads_fingerprint", "latency", *PROVENANCE_COLUMNS]
+VALIDATION_COLUMNS = ["method", "turn", "tree", "nodes", "lookup_nodes", "proposal_vocab", "measured", "predicted",
+                      "error", "measured_steps", "replayed_steps", "on_run_text", "on_run_text_error", "run", "calibration",
+                      *PROVENANCE_COLUMNS]
+DEFAULT_CALIBRATION = CALIBRATION_ROOT / DEFAULT_HEADS_NAME
+DEFAULT_LATENCY = LATENCY_DIR / "cpu-amd-epyc-1t-compiled.csv"
+
+
+def load_texts(folder: Path) -> list[PromptText]:
+    """The calibration's prompts with text and candidate ids (one error line when the tables are missing)."""
+    cand = next((folder / f for f in CANDIDATES_FILES if (folder / f).is_file()), folder / CANDIDATES_FILES[0])
+    seq = next((folder / f for f in SEQUENCE_FILES if (folder / f).is_file()), folder / SEQUENCE_FILES[0])
+    return prompt_texts(load_candidates(cand), load_sequences(seq))
+
+
+def heads_trees(folder: Path, budgets: Sequence[int], given: Sequence[Tree]) -> dict[int, Tree]:
+    """The heads' static tree per budget: a given tree at its own budget, else the empirical search's."""
+    own = {t.node_budget: t for t in given}
+    ranks = None
+    out = {}
+    for b in budgets:
+        if b in own:
+            out[b] = own[b]
+            continue
+        if ranks is None:
+            ranks = load_ranks(next(p for p in (folder / "ranks.parquet", folder / "ranks.csv") if p.is_file()))
+        out[b] = search("empirical", b, ranks=ranks).tree
+    return out
+
+
+def policy_rows(texts: Sequence[PromptText], chains: Sequence[Sequence[Sequence[int]]], trees: dict[int, Tree],
+                lookup_nodes: Sequence[int], policies: Sequence[str], cmap: Any, verify: Any) -> pd.DataFrame:
+    """Every policy at every budget (hybrids at every lookup share) as `trees.policy_replay.SPLIT_COLUMNS` rows."""
+    parts = []
+    positions = sum(p.positions for p in texts)
+    for budget, tree in sorted(trees.items()):
+        t = float(verify(budget)) if verify is not None else float("nan")
+        for policy in policies:
+            if policy == "hybrid":
+                parts.append(split_table(texts, chains, {budget: tree}, lookup_nodes, verify).assign(policy=policy))
+                continue
+            shares = [0] if policy in ("static", "dynamic") else sorted({min(n, budget - 1) for n in lookup_nodes})
+            for lk in shares:
+                hyb = HybridConfig(budget=budget, lookup_nodes=lk, pad=True) if policy == "hybrid-dynamic" else None
+                nodes = (static_nodes(tree) if policy == "static"
+                         else dynamic_nodes(cmap, DynamicConfig(budget=budget), hyb))
+                tau, steps, share = tokens_per_step(texts, nodes, chains if hyb is not None else None)
+                parts.append(pd.DataFrame([{
+                    "policy": policy, "budget": budget, "lookup_nodes": lk,
+                    "heads_tree": tree.name if policy == "static" else f"dynamic_{budget}",
+                    "tokens_per_step": tau, "steps": steps, "positions": positions,
+                    "lookup_share": share if lk else 0.0, "verify_s": t, "tokens_per_s": tau / t}]))
+    return pd.concat(parts, ignore_index=True)
+
+
+# ---- predicted vs measured on a bench run --------------------------------------------------------
+REPLAYED_METHODS = ("medusa", "medusa-dynamic", "medusa-lookup")
+
+
+def run_policies(run: Path) -> list[dict[str, Any]]:
+    """The engine policies of a run's `REPLAYED_METHODS` records: method, tree, options and records."""
+    records, _, info = load_run(run)
+    identity = info.get("identity") or {}
+    found = []
+    for (method, tree, options), g in records[records["method"].isin(REPLAYED_METHODS)].groupby(
+            ["method", "tree", "method_options"], sort=True):
+        opts = json.loads(options) if isinstance(options, str) and options else {}
+        found.append({"method": method, "tree": tree, "options": opts, "records": g, "heads": g["heads"].iloc[0],
+                      "backbone": g["backbone"].iloc[0], "compile": bool(identity.get("compile", False)),
+                      "run_tree": identity.get("tree")})
+    if not found:
+        raise WorkbenchError(f"run {display(run)} has no records of {', '.join(REPLAYED_METHODS)}")
+    return found
+
+
+def replayed_policy(item: dict[str, Any], cmap: Any = None) -> tuple[str, int, int, Any, LookupConfig | None]:
+    """(heads' tree name, nodes per step, lookup share, step nodes, lookup config) of a run's method;
+    dynamic heads (medusa-dynamic, medusa-lookup with dynamic=true) need the confidence map `cmap`."""
+    o = item["options"]
+    dynamic = item["method"] == "medusa-dynamic" or bool(o.get("dynamic"))
+    if dynamic and cmap is None:
+        raise WorkbenchError(f"{item['method']} with a dynamic tree needs the calibration's confidence.csv")
+    budget, top_k = int(o.get("budget", 16)), int(o.get("top_k", 10))
+    if dynamic:
+        tree, name = None, f"dynamic_{budget}"
+    else:
+        name = str(item["tree"])
+        if item["method"] == "medusa-lookup":
+            name = name.split("+", 1)[-1]  # the policy's name is lookup<L>+<tree>
+        run_tree = item.get("run_tree")
+        if isinstance(run_tree, dict) and run_tree.get("name") == name:
+            tree = Tree.from_dict(run_tree)  # the run's own copy of its tree
+        else:
+            tree_file = TREES_DIR / f"{name}.json"
+            if not tree_file.is_file():
+                raise WorkbenchError(f"the run used tree {name!r}, not found at {display(tree_file)}")
+            tree = Tree.load(tree_file)
+    heads_nodes = tree.node_budget if tree is not None else budget
+    if item["method"] != "medusa-lookup":
+        nodes = static_nodes(tree) if tree is not None else dynamic_nodes(cmap, DynamicConfig(budget, top_k=top_k))
+        return name, heads_nodes, 0, nodes, None
+    lk = int(o.get("lookup_nodes", LookupConfig().max_chain))
+    nodes_n = int(o.get("nodes", 0)) or heads_nodes + lk
+    lookup = LookupConfig(max_ngram=int(o.get("max_ngram", 3)), min_ngram=int(o.get("min_ngram", 1)), max_chain=max(lk, 1))
+    # a compiled run pads every step to `nodes` (one shape); an eager one verifies what the chain and paths give
+    hybrid = HybridConfig(budget=nodes_n, lookup_nodes=lk, pad=bool(item.get("compile", False)))
+    nodes = static_nodes(tree, hybrid) if tree is not None else dynamic_nodes(cmap, DynamicConfig(budget, top_k=top_k), hybrid)
+    return name, nodes_n, lk, nodes, lookup
+
+
+def replay(texts: Sequence[PromptText], nodes: Any, lookup: LookupConfig | None) -> tuple[float, int]:
+    chains = None if lookup is None else [chains_for(p, partial(lookup_chain, config=lookup)) for p in texts]
+    tau, steps, _ = tokens_per_step(texts, nodes, chains)
+    return tau, steps
+
+
+def run_texts(run: Path, item: dict[str, Any], top_r: int, cache: dict[Any, list[PromptText]]) -> list[PromptText]:
+    """The run's reference texts (hf-greedy, repeat 0) measured with the method's heads (one forward each)."""
+    vocab = int(item["options"].get("proposal_vocab", 0))
+    key = (item["heads"], vocab)
+    if key not in cache:
+        records, tokens, _ = load_run(run)
+        ref = records[(records["method"] == REFERENCE) & (records["repeat"].astype(int) == 0)]
+        if ref.empty:
+            raise WorkbenchError(f"run {display(run)} has no {REFERENCE} records to take the text from")
+        backbone = load_backbone(str(item["backbone"]))
+        folder = heads_folder(str(item["heads"]))
+        heads = resolve_heads(str(folder), backbone).heads
+        if vocab:
+            heads = SubVocabHeads(heads, proposal_vocab(folder, vocab))
+        texts = []
+        for row in ref.to_dict("records"):
+            t = tokens[record_key(row)]
+            texts.append((f"{row['question_id']}:t{row['turn']}", t["prompt_ids"], t["output_ids"]))
+        m = measure_texts(backbone, heads, texts, top_r)
+        cache[key] = prompt_texts(m.probs, m.tokens)
+    return cache[key]
+
+
+def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, provenance: Provenance,
+                 on_run_text: bool = False, top_r: int = 10, cmap: Any = None) -> pd.DataFrame:
+    """Measured accepted length per method and turn of `run` beside the replay of the same policy on the
+    calibration (predicted) and, with `on_run_text`, on the run's own text (exact up to float noise)."""
+    rows = []
+    cache: dict[Any, list[PromptText]] = {}
+    for item in run_policies(run):
+        tree, nodes_n, lk, nodes, lookup = replayed_policy(item, cmap)
+        predicted, replayed_steps = replay(texts, nodes, lookup)
+        own = run_texts(run, item, top_r, cache) if on_run_text else []
+        g = item["records"]
+        for turn, part in [("all", g), *((str(t), p) for t, p in g.groupby("turn"))]:
+            steps = pd.to_numeric(part["steps"]).sum()
+            measured = pd.to_numeric(part["accepted_tokens"]).sum() / steps
+            exact = float("nan")
+            if own:
+                mine = [p for p in own if turn == "all" or p.name.endswith(f":t{turn}")]
+                exact = replay(mine, nodes, lookup)[0]
+            rows.append({"method": item["method"], "turn": turn, "tree": tree, "nodes": nodes_n, "lookup_nodes": lk,
+                         "proposal_vocab": int(item["options"].get("proposal_vocab", 0)),
+                         "measured": measured, "predicted": predicted, "error": predicted / measured - 1,
+                         "measured_steps": int(steps), "replayed_steps": replayed_steps, "on_run_text": exact,
+                         "on_run_text_error": exact / measured - 1, "run": display(run),
+                         "calibration": display(calibration), **provenance.as_dict()})
+    return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+def parser() -> Parser:
+    d = LookupConfig()
+    p = Parser(prog="python -m bench.policy_replay", description=__doc__.split("\n")[0])
+    p.add_argument("--calibration", default=str(DEFAULT_CALIBRATION),
+                   help=f"calibration folder made by bench.calibrate --fresh (default {display(DEFAULT_CALIBRATION)})")
+    p.add_argument("--budgets", default="4,8,16,32,64", help="node budgets (root included), comma-separated")
+    p.add_argument("--lookup-nodes", default="0,1,2,3,4,6,10", help="lookup shares to try, comma-separated")
+    p.add_argument("--policies", default=",".join(POLICIES), help=f"policies to replay, of {', '.join(POLICIES)}")
+    p.add_argument("--max-ngram", type=int, default=d.max_ngram)
+    p.add_argument("--min-ngram", type=int, default=d.min_ngram)
+    p.add_argument("--tree", action="append", default=[], help="a tree file used at its own budget (repeatable)")
+    p.add_argument("--latency", default=str(DEFAULT_LATENCY),
+                   help=f"latency profile for predicted tokens/s (default {display(DEFAULT_LATENCY)}; 'none': accepted length only)")
+    p.add_argument("--run", default=None, help="bench run folder whose medusa / medusa-lookup records to validate against")
+    p.add_argument("--on-run-text", action="store_true",
+                   help="with --run: also replay on the run's own text (loads the backbone and heads; one forward per text)")
+    add_threads(p)
+    p.add_argument("--out", default=None, help="policies CSV (default results/_scratch/calibration/<name>/policies.csv)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    budgets = comma_list(args.budgets, int, "--budgets")
+    shares = comma_list(args.lookup_nodes, int, "--lookup-nodes")
+    policies = comma_list(args.policies, str, "--policies")
+    bad = [p for p in policies if p not in POLICIES]
+    if bad or not policies:
+        raise WorkbenchError(f"--policies takes {', '.join(POLICIES)}, got {args.policies!r}")
+    if not budgets or min(budgets) < 1 or not shares or min(shares) < 0:
+        raise WorkbenchError(f"--budgets must be >= 1 and --lookup-nodes >= 0, got {args.budgets!r} and {args.lookup_nodes!r}")
+    lookup = LookupConfig(max_ngram=args.max_ngram, min_ngram=args.min_ngram, max_chain=max(max(shares), 1))
+    folder = Path(args.calibration)
+    if not folder.is_dir():
+        raise WorkbenchError(f"--calibration {args.calibration!r} is not a folder (bench.calibrate --fresh writes one)")
+    given = [Tree.load(t) for t in args.tree]
+    out = Path(args.out) if args.out else scratch_calibration_dir(folder.name) / "policies.csv"
+    verify = None
+    if args.latency != "none":
+        times = monotone_verify_times(load_profile(args.latency, mode="compiled" if "compiled" in args.latency else "eager"),
+                                      max(budgets))
+        verify = lambda n: times[n - 1]  # noqa: E731
+    texts = load_texts(folder)
+    cmap = load_confidence(folder) if any(p.endswith("dynamic") for p in policies) else None
+    meta = read_json(folder / "calibration.json", "calibration record") if (folder / "calibration.json").is_file() else {}
+    provenance = Provenance.collect("cpu")
+    chains = [chains_for(p, partial(lookup_chain, config=lookup)) for p in texts]
+    table = policy_rows(texts, chains, heads_trees(folder, budgets, given), shares, policies, cmap, verify)
+    table = table.assign(max_ngram=lookup.max_ngram, min_ngram=lookup.min_ngram, calibration=display(folder),
+                         heads_fingerprint=meta.get("heads_fingerprint", ""),
+                         latency=display(Path(args.latency)) if verify is not None else "", **provenance.as_dict())
+    write_csv(table[POLICY_COLUMNS], out)
+    show = table[["policy", "budget", "lookup_nodes", "tokens_per_step", "lookup_share", "tokens_per_s"]]
+    print(show.round(4).to_string(index=False))
+    hybrid = table[table["policy"] == "hybrid"]
+    if not hybrid.empty:
+        best = best_split(hybrid[[c for c in hybrid.columns if c != "policy"]])
+        print("\nbest lookup share per budget (hybrid, static heads):")
+        print(best[["budget", "lookup_nodes", "tokens_per_step", "tokens_per_s"]].round(4).to_string(index=False))
+    print(f"wrote {display(out)}")
+    if args.run:
+        apply_threads(args.threads)
+        cmap = cmap if cmap is not None else (load_confidence(folder) if (folder / "confidence.csv").is_file() else None)
+        val = validate_run(Path(args.run), texts, folder, provenance, args.on_run_text, int(meta.get("top_r", 10)), cmap)
+        path = write_csv(val, out.parent / "policy_validation.csv")
+        print("\npredicted (replayed on the calibration) vs measured (the run's records):")
+        cols = ["method", "turn", "nodes", "lookup_nodes", "measured", "predicted", "error"]
+        print(val[cols + (["on_run_text", "on_run_text_error"] if args.on_run_text else [])].round(4).to_string(index=False))
+        print(f"wrote {display(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
