@@ -33,6 +33,7 @@ function -> file stem):
   10. ``confidence``: `reliability` -> confidence_reliability
 - `analysis.fig_policies` (``calibration/<heads>/policies.csv``, `bench.policy_replay`):
   13. ``policies``: `policy_budget` -> policy_budget
+  14. ``dynamic-trees``: `dynamic_trees` -> dynamic_trees_16
 - `analysis.fig_heads_study` (``heads_study.csv``, `bench.heads_study`):
   11. ``heads-study``: `recipe_study` -> heads_study
 - `analysis.fig_throughput` (``throughput/<run>/requests.csv``, `bench.throughput`):
@@ -62,7 +63,7 @@ from analysis.fig_bench import (
 )
 from analysis.fig_confidence import reliability
 from analysis.fig_heads_study import recipe_study
-from analysis.fig_policies import policy_budget
+from analysis.fig_policies import dynamic_trees, policy_budget
 from analysis.fig_machine import latency_profile, training_curves
 from analysis.fig_throughput import batching
 from analysis.fig_trees import (
@@ -99,6 +100,7 @@ FIGURES: dict[str, FigureSpec] = {
     "heads-study": FigureSpec(recipe_study, "heads recipe study: top-1 per head and replayed accepted length"),
     "batching": FigureSpec(batching, "throughput and Medusa's speedup against batch size"),
     "policies": FigureSpec(policy_budget, "static, dynamic and hybrid (lookup + heads) trees against node budget"),
+    "dynamic-trees": FigureSpec(dynamic_trees, "three real per-step dynamic trees (head 1 sure, middling, lost)"),
 }
 
 

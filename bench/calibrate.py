@@ -58,6 +58,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.prompts import turn_messages
 from common.cli import Parser, add_threads, apply_threads, quiet_libraries, run_cli
 from common.errors import MissingResult, WorkbenchError
 from common.io import display, read_json, write_csv, write_json, write_parquet
@@ -96,6 +97,9 @@ class CalibrationConfig:
     top_r: int = 10
     prompts: str = "sharegpt"  # prompt set whose calibration split is decoded
     split: str = "calibration"
+    # 2: conversations with a second user turn, asked after the model's own first answer (as
+    # MT-Bench's second turns, where text repeats far more); each turn is one text, "<id>:t<turn>"
+    turns: int = 1
 
     def __post_init__(self) -> None:
         if self.limit < 1:
@@ -104,12 +108,14 @@ class CalibrationConfig:
             raise WorkbenchError(f"max_new_tokens must be >= 2, got {self.max_new_tokens}")
         if self.top_r < 1:
             raise WorkbenchError(f"top_r must be >= 1, got {self.top_r}")
+        if self.turns not in (1, 2):
+            raise WorkbenchError(f"--turns must be 1 or 2, got {self.turns}")
 
     def as_meta(self) -> dict[str, Any]:
         """The settings under calibration.json's keys (read by `analysis.load` and the resume check):
         ``prompts`` is the number of prompts, ``source`` the prompt set."""
         return {"prompts": self.limit, "max_new_tokens": self.max_new_tokens, "top_r": self.top_r,
-                "source": self.prompts, "split": self.split}
+                "source": self.prompts, "split": self.split, "turns": self.turns}
 
 
 # ---- the measurement ----------------------------------------------------------------------------
@@ -427,6 +433,9 @@ def parser() -> Parser:
                    help=f"prompt set whose calibration split is decoded (default {d.prompts}; mtbench, gsm8k or a .jsonl)")
     p.add_argument("--limit", type=int, default=d.limit, help=f"number of calibration prompts (default {d.limit})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--turns", type=int, default=d.turns,
+                   help="2: conversations with a second user turn, asked after the model's own first answer "
+                        "(--limit counts conversations; each turn is one text)")
     p.add_argument("--top-r", type=int, default=d.top_r, help="length of each head's ranked list")
     p.add_argument("--out", default=None,
                    help=f"output folder (default {display(SCRATCH_CALIBRATION)}/<heads name>; results/calibration/... "
@@ -447,7 +456,7 @@ def check_args(args: Any) -> tuple[CalibrationConfig, Path, Path]:
     if str(args.prompts).isdigit():
         raise WorkbenchError(f"--prompts is a prompt set (sharegpt, mtbench, gsm8k or a .jsonl file), "
                              f"got {args.prompts!r}; the number of prompts is --limit N")
-    config = CalibrationConfig(args.limit, args.max_new_tokens, args.top_r, args.prompts)
+    config = CalibrationConfig(args.limit, args.max_new_tokens, args.top_r, args.prompts, turns=args.turns)
     if args.ranks_format not in ("parquet", "csv"):
         raise WorkbenchError(f"--ranks-format must be parquet or csv, got {args.ranks_format!r}")
     heads_dir = Path(args.heads) if args.heads else DEFAULT_HEADS_DIR
@@ -468,6 +477,8 @@ def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: se
         return None
     old = read_json(meta_path, "calibration record")
     if any(old.get(k) != meta[k] for k in ("heads_fingerprint", "top_r", "max_new_tokens", "source")):
+        return None
+    if old.get("turns", 1) != meta.get("turns", 1):
         return None
     done = load_ranks(ranks_path)
     done = done[done["prompt"].astype(str).isin(names)]
@@ -495,6 +506,22 @@ def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: se
     return Measured(done.reset_index(drop=True), probs, tokens)
 
 
+def second_turns(backbone: Backbone, conversations: Sequence[Any], first: Measured) -> list[tuple[str, list[int]]]:
+    """Each conversation's second user turn asked after the model's own first answer (from the
+    first turns' sequence table), named "<id>:t2"."""
+    if first.tokens is None:
+        raise WorkbenchError("second turns need the first turns' text (the sequence table); run with --fresh")
+    texts = {name: g.sort_values("position") for name, g in first.tokens.groupby("prompt")}
+    out = []
+    for pr in conversations:
+        text = texts.get(f"{pr.id}:t1")
+        if text is None:
+            continue
+        answer = backbone.decode(text[text["position"] >= 0]["token"].tolist())
+        out.append((f"{pr.id}:t2", backbone.chat_ids(turn_messages(pr.user_turns, 2, answer))))
+    return out
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -517,8 +544,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     backbone = load_backbone(args.backbone, dtype=args.dtype, device=args.device)
     heads = resolve_heads(str(heads_dir), backbone).heads
-    prompts = load_split(config.split, source=config.prompts, limit=config.limit)
-    named = [(pr.id, backbone.chat_ids(pr.text)) for pr in prompts]
+    if config.turns == 1:
+        prompts = load_split(config.split, source=config.prompts, limit=config.limit)
+        named = [(pr.id, backbone.chat_ids(pr.text)) for pr in prompts]
+    else:
+        talks = [pr for pr in load_split(config.split, source=config.prompts, multi_turn=True) if len(pr.user_turns) >= 2]
+        if not talks:
+            raise WorkbenchError(f"prompt set {config.prompts} has no conversations with a second user turn")
+        prompts = talks[: config.limit]
+        named = [(f"{pr.id}:t1", backbone.chat_ids(turn_messages(pr.user_turns, 1))) for pr in prompts]
     meta_path = out_dir / "calibration.json"
     meta: dict[str, Any] = {
         **config.as_meta(),
@@ -534,15 +568,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "complete": False,
         "provenance": Provenance.collect(str(backbone.device), backbone.dtype, args.threads).as_dict(),
     }
-    done = None if args.fresh else resumable(ranks_path, meta_path, meta, {str(n) for n, _ in named}, probs_path)
+    names = {str(n) for n, _ in named} | ({f"{pr.id}:t2" for pr in prompts} if config.turns == 2 else set())
+    done = None if args.fresh else resumable(ranks_path, meta_path, meta, names, probs_path)
     write_json(meta, meta_path, indent=1)
 
     t0 = time.perf_counter()
-    measured = collect_tables(
-        backbone, heads, named, config.max_new_tokens, config.top_r, done,
-        on_prompt=lambda m: write_measured(m, ranks_path, probs_path), progress=True,
-        decode_tree=decode_tree, batch_size=args.batch_size,
-    )
+
+    def collect(todo: list[tuple[str, list[int]]], done: Measured | None) -> Measured:
+        return collect_tables(backbone, heads, todo, config.max_new_tokens, config.top_r, done,
+                              on_prompt=lambda m: write_measured(m, ranks_path, probs_path), progress=True,
+                              decode_tree=decode_tree, batch_size=args.batch_size)
+
+    measured = collect(named, done)
+    if config.turns == 2:
+        measured = collect(second_turns(backbone, prompts, measured), measured)
     write_measured(measured, ranks_path, probs_path)
     ranks = measured.ranks
     files = write_tables(ranks, out_dir, config.top_r, probs=measured.probs)

@@ -112,3 +112,13 @@ def shard(prompts: Sequence[BenchPrompt], index: int, count: int) -> list[BenchP
     if not out:
         raise WorkbenchError(f"shard {index}/{count} holds no prompts ({len(prompts)} prompts in all)")
     return out
+
+
+def turn_messages(turns: Sequence[str], turn: int, previous_answer: str | None = None) -> list[dict[str, str]]:
+    """Chat messages of user turn `turn` (1 or 2): the second is asked after the model's own first
+    answer (`previous_answer`), as MT-Bench does (`bench.run`, `bench.calibrate --turns 2`)."""
+    if turn == 1:
+        return [{"role": "user", "content": turns[0]}]
+    return [{"role": "user", "content": turns[0]},
+            {"role": "assistant", "content": previous_answer or ""},
+            {"role": "user", "content": turns[1]}]

@@ -66,7 +66,7 @@ from bench.methods import (
     options_dict,
     options_json,
 )
-from bench.prompts import BenchPrompt, load_bench_prompts, shard, source_name
+from bench.prompts import BenchPrompt, load_bench_prompts, shard, source_name, turn_messages
 from common.cli import apply_threads, load_average, run_cli, warn_if_busy
 from common.errors import WorkbenchError
 from common.provenance import Provenance
@@ -188,14 +188,6 @@ def _sync(backbone: Backbone) -> None:
         torch.cuda.synchronize(backbone.device)
 
 
-def _messages(p: BenchPrompt, turn: int, previous_answer: str | None) -> list[dict[str, str]]:
-    if turn == 1:
-        return [{"role": "user", "content": p.turns[0]}]
-    return [{"role": "user", "content": p.turns[0]},
-            {"role": "assistant", "content": previous_answer or ""},
-            {"role": "user", "content": p.turns[1]}]
-
-
 # ---- the phases of a run ------------------------------------------------------------------------
 def run_threads(config: BenchConfig) -> int:
     """torch's thread count, which must be the one the run asks for (only CLIs change it)."""
@@ -248,7 +240,7 @@ def _open_run(config: BenchConfig, models: Models, threads: int, prompts: int) -
 def _measure(job: Job, method: Method, backbone: Backbone, store: R.RecordStore, config: BenchConfig) -> Measurement:
     """Build the job's prompt (turn 2 after the method's own first answer) and time one generate call."""
     previous = store.tokens[(job.prompt.id, job.turn - 1, job.method, job.repeat)]["text"] if job.turn > 1 else None
-    prompt_ids = backbone.chat_ids(_messages(job.prompt, job.turn, previous))
+    prompt_ids = backbone.chat_ids(turn_messages(job.prompt.turns, job.turn, previous))
     seed = record_seed(config.seed, job.prompt.id, job.turn, job.repeat)
     _sync(backbone)
     load_start = _load()  # outside the timer: a read of /proc/loadavg
@@ -313,7 +305,7 @@ def _make_record(config: BenchConfig, backbone: Backbone, job: Job, method: Meth
 
 def _warm_up(config: BenchConfig, methods: dict[str, Method], backbone: Backbone, first: Job) -> None:
     if config.warmup_tokens > 0:
-        warm_ids = backbone.chat_ids(_messages(first.prompt, 1, None))
+        warm_ids = backbone.chat_ids(turn_messages(first.prompt.turns, 1))
         for method in methods.values():
             for ids in [warm_ids, *method.warmup_prompts(warm_ids, config.warmup_tokens)]:
                 method.generate(ids, config.warmup_tokens, config.seed)

@@ -133,6 +133,16 @@ def build(root: str | Path, seed: int = 0) -> Path:
     cand = pd.DataFrame({"head": np.repeat(np.arange(1, K + 1), 400), "prob": rng.uniform(0, 1, 400 * K)})
     cand["hit"] = rng.uniform(0, 1, len(cand)) < cand["prob"] ** 0.8
     fit_confidence(cand).save(cal / "confidence.csv")
+    # the candidates table behind it (bench.calibrate --fresh): 3 prompts x 20 positions, probabilities by rank
+    rows = []
+    for prompt in ("p0", "p1", "p2"):
+        for position in range(20):
+            for head in range(1, K + 1):
+                p = np.sort(rng.dirichlet(np.ones(TOP_R + 2) / head))[::-1][:TOP_R]
+                hit = int(rng.integers(-1, TOP_R))
+                rows += [{"prompt": prompt, "position": position, "head": head, "rank0": r, "prob": p[r],
+                          "hit": r == hit, "token": 100 * head + r} for r in range(TOP_R)]
+    pd.DataFrame(rows).to_csv(cal / "probs.csv", index=False)
     # per-step policies against budget (bench.policy_replay) and one run's measured points
     pd.DataFrame([{"policy": pol, "budget": b, "lookup_nodes": lk, "tokens_per_step": 1.3 + 0.1 * i + 0.05 * lk + 0.1 * (b > 4),
                    "tokens_per_s": (1.3 + 0.1 * i + 0.05 * lk) / (0.02 + 0.001 * b), "latency": "latency/cpu.csv"}

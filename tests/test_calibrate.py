@@ -24,7 +24,7 @@ from bench.calibrate import (
     write_tables,
 )
 from common.cli import run_cli
-from common.errors import MissingResult
+from common.errors import MissingResult, WorkbenchError
 from medusa.decode import DecodeConfig, generate
 from medusa.heads import HeadsConfig, MedusaHeads
 from medusa.testing import OracleProposer, greedy_reference
@@ -270,3 +270,38 @@ def test_derive_only_on_an_old_calibration_says_the_table_is_missing(tiny, tmp_p
     write_ranks(measured.probs, cal / "probs.parquet")
     assert run_cli(main, argv) == 0
     assert load_confidence(cal).num_heads == 2
+
+
+def test_second_turns_follow_the_models_own_first_answer():
+    from types import SimpleNamespace
+
+    from bench.calibrate import second_turns
+
+    class Chat:
+        """A stand-in backbone: decode joins ids, chat_ids records the messages it was given."""
+
+        def __init__(self):
+            self.seen = []
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+        def chat_ids(self, messages):
+            self.seen.append(messages)
+            return [len(self.seen)]
+
+    talks = [SimpleNamespace(id="a", user_turns=["hi", "again"]), SimpleNamespace(id="b", user_turns=["x", "y"])]
+    tokens = pd.DataFrame({"prompt": ["a:t1"] * 4, "position": [-2, -1, 0, 1], "token": [9, 9, 5, 6]})
+    chat = Chat()
+    out = second_turns(chat, talks, Measured(pd.DataFrame(columns=["prompt"]), None, tokens))
+    assert out == [("a:t2", [1])]  # "b" had no first turn measured: skipped
+    assert chat.seen[0] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "5 6"},
+                            {"role": "user", "content": "again"}]
+    with pytest.raises(WorkbenchError, match="second turns"):
+        second_turns(chat, talks, Measured(pd.DataFrame(), None, None))
+
+
+def test_turns_other_than_one_or_two_are_one_line(capsys):
+    assert run_cli(main, ["--turns", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--turns must be 1 or 2" in err[0]
