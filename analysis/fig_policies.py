@@ -5,7 +5,7 @@
 every lookup share) and, when present, ``policy_validation.csv`` beside it (a bench run's
 measured accepted length). (a) accepted length per step against node budget: static tree,
 dynamic tree, and the hybrids at their best lookup share (the number beside each point), with the
-run's measured points as crosses (labelled by turn); (b) predicted tokens/s on the latency profile
+run's measured points as crosses (labelled by turn); the number L beside a static-heads hybrid point is its lookup share; (b) predicted tokens/s on the latency profile
 the table was made with (accepted length / verify time of that many nodes), the same policies.
 
 ``dynamic-trees``: `dynamic_trees` -> dynamic_trees_16. Three real per-step dynamic trees from the
@@ -58,7 +58,7 @@ def policy_budget(results: Path, out: Path, calibration: str | None = None, **_:
         best = best_rows(table, key)
         for policy, g in best.groupby("policy", sort=False):
             ax.plot(g["budget"], g[key], marker="o", ms=3.5, lw=1.4, label=LABELS.get(policy, policy))
-            if policy.startswith("hybrid"):
+            if policy == "hybrid":  # the dynamic-heads hybrid's shares are nearly always the same
                 for _, r in g.iterrows():
                     ax.annotate(f"L{int(r['lookup_nodes'])}", (r["budget"], r[key]), fontsize=6,
                                 xytext=(3, 3), textcoords="offset points")
@@ -76,7 +76,7 @@ def policy_budget(results: Path, out: Path, calibration: str | None = None, **_:
             every = str(turn) == "all"
             ax.scatter(g["nodes"], g["measured"], marker="x", s=36 if every else 16, color="k" if every else "0.55", zorder=5)
             ax.annotate(f"{method}, measured" if every else f"turn {turn}", (g["nodes"].iloc[0], g["measured"].iloc[0]),
-                        fontsize=6, xytext=(-4, 0), textcoords="offset points", ha="right", va="center",
+                        fontsize=6, xytext=(6, 0), textcoords="offset points", ha="left", va="center",
                         color="k" if every else "0.45")
     axes[0, 0].set_title("(a) replayed on the calibration text")
     axes[0, 0].legend(frameon=False, fontsize=7)

@@ -63,8 +63,8 @@ from analysis.fig_bench import (
 )
 from analysis.fig_confidence import reliability
 from analysis.fig_heads_study import recipe_study
-from analysis.fig_policies import dynamic_trees, policy_budget
 from analysis.fig_machine import latency_profile, training_curves
+from analysis.fig_policies import dynamic_trees, policy_budget
 from analysis.fig_throughput import batching
 from analysis.fig_trees import (
     acceptance_validation,

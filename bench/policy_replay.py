@@ -85,7 +85,7 @@ POLICY_COLUMNS = ["policy", "budget", "lookup_nodes", "heads_tree", "tokens_per_
                   "lookup_share", "verify_s", "tokens_per_s", "max_ngram", "min_ngram", "calibration",
                   "heads_fingerprint", "latency", *PROVENANCE_COLUMNS]
 VALIDATION_COLUMNS = ["method", "turn", "tree", "nodes", "lookup_nodes", "proposal_vocab", "measured", "predicted",
-                      "error", "measured_steps", "replayed_steps", "on_run_text", "on_run_text_error", "run", "calibration",
+                      "error", "calibration_turn", "measured_steps", "replayed_steps", "on_run_text", "on_run_text_error", "run", "calibration",
                       *PROVENANCE_COLUMNS]
 DEFAULT_CALIBRATION = CALIBRATION_ROOT / DEFAULT_HEADS_NAME
 DEFAULT_LATENCY = LATENCY_DIR / "cpu-amd-epyc-1t-compiled.csv"
@@ -222,6 +222,13 @@ def run_texts(run: Path, item: dict[str, Any], top_r: int, cache: dict[Any, list
     return cache[key]
 
 
+def of_turn(texts: Sequence[PromptText], turn: str) -> tuple[str, list[PromptText]]:
+    """The texts of one turn ("<id>:t<turn>", `bench.calibrate --turns 2` and run texts) with the turn
+    they are; "all", or a calibration without turns, gives every text."""
+    mine = [p for p in texts if p.name.endswith(f":t{turn}")] if turn != "all" else []
+    return (turn, mine) if mine else ("all", list(texts))
+
+
 def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, provenance: Provenance,
                  on_run_text: bool = False, top_r: int = 10, cmap: Any = None) -> pd.DataFrame:
     """Measured accepted length per method and turn of `run` beside the replay of the same policy on the
@@ -230,19 +237,18 @@ def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, prov
     cache: dict[Any, list[PromptText]] = {}
     for item in run_policies(run):
         tree, nodes_n, lk, nodes, lookup = replayed_policy(item, cmap)
-        predicted, replayed_steps = replay(texts, nodes, lookup)
         own = run_texts(run, item, top_r, cache) if on_run_text else []
         g = item["records"]
         for turn, part in [("all", g), *((str(t), p) for t, p in g.groupby("turn"))]:
             steps = pd.to_numeric(part["steps"]).sum()
             measured = pd.to_numeric(part["accepted_tokens"]).sum() / steps
-            exact = float("nan")
-            if own:
-                mine = [p for p in own if turn == "all" or p.name.endswith(f":t{turn}")]
-                exact = replay(mine, nodes, lookup)[0]
+            cal_turn, cal_texts = of_turn(texts, turn)
+            predicted, replayed_steps = replay(cal_texts, nodes, lookup)
+            exact = replay(of_turn(own, turn)[1], nodes, lookup)[0] if own else float("nan")
             rows.append({"method": item["method"], "turn": turn, "tree": tree, "nodes": nodes_n, "lookup_nodes": lk,
                          "proposal_vocab": int(item["options"].get("proposal_vocab", 0)),
                          "measured": measured, "predicted": predicted, "error": predicted / measured - 1,
+                         "calibration_turn": cal_turn,
                          "measured_steps": int(steps), "replayed_steps": replayed_steps, "on_run_text": exact,
                          "on_run_text_error": exact / measured - 1, "run": display(run),
                          "calibration": display(calibration), **provenance.as_dict()})
@@ -316,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val = validate_run(Path(args.run), texts, folder, provenance, args.on_run_text, int(meta.get("top_r", 10)), cmap)
         path = write_csv(val, out.parent / "policy_validation.csv")
         print("\npredicted (replayed on the calibration) vs measured (the run's records):")
-        cols = ["method", "turn", "nodes", "lookup_nodes", "measured", "predicted", "error"]
+        cols = ["method", "turn", "nodes", "lookup_nodes", "measured", "predicted", "error", "calibration_turn"]
         print(val[cols + (["on_run_text", "on_run_text_error"] if args.on_run_text else [])].round(4).to_string(index=False))
         print(f"wrote {display(path)}")
     return 0

@@ -3,6 +3,8 @@ replay does, hybrid trees (lookup chain + heads) step for step as the engine on 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -193,3 +195,14 @@ def test_a_runs_lookup_policy_is_replayed_with_its_tree_and_options():
     assert replayed_policy(dyn, cmap)[:3] == ("dynamic_16", 16, 0)
     lk_dyn = {**item, "options": {**item["options"], "dynamic": True, "budget": 8, "nodes": 0}}
     assert replayed_policy(lk_dyn, cmap)[:3] == ("dynamic_8", 11, 3)
+
+
+def test_turn_texts_predict_their_own_turn():
+    from bench.policy_replay import of_turn
+
+    texts = [PromptText(n, np.zeros(3, np.int64), 1, np.zeros((1, 1, 1), np.int64), np.zeros((1, 1, 1)))
+             for n in ("a:t1", "a:t2", "b:t1")]
+    assert [p.name for p in of_turn(texts, "1")[1]] == ["a:t1", "b:t1"] and of_turn(texts, "2")[0] == "2"
+    assert of_turn(texts, "all") == ("all", texts)
+    single = [dataclasses.replace(texts[0], name="a")]
+    assert of_turn(single, "2")[0] == "all"  # a one-turn calibration predicts every turn
