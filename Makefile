@@ -134,12 +134,13 @@ validate: venv
 
 # Per-step policies replayed on the calibration text (static, dynamic, hybrid at every lookup share)
 # with predicted tokens/s on this CPU's compiled profile, the best split per budget, and predicted vs
-# measured accepted length for the hybrid run of `make bench-lookup` (also replayed on its own text).
-POLICY_RUN ?= results/bench/mtbench-lookup-compiled-1t
+# measured accepted length for the hybrid run of `make bench-lookup` and the eager dynamic runs at 16 and
+# 64 nodes (each also replayed on its own text).
+POLICY_RUNS ?= results/bench/mtbench-lookup-compiled-1t results/bench/per-step-dynamic-16 results/bench/per-step-dynamic-64
 policies: venv
 	$(PY) -m bench.policy_replay --calibration $(CALIBRATION_DIR) --budgets 4,5,8,16,32,64 --lookup-nodes 0,1,2,3,4,6,10 \
 		--latency results/latency/cpu-amd-epyc-$(THREADS)t-compiled.csv --tree $(TREES)/optuna_cpu_$(THREADS)t_compiled.json \
-		--run $(POLICY_RUN) --on-run-text --threads 2 --out $(CALIBRATION_DIR)/policies.csv
+		$(foreach r,$(POLICY_RUNS),--run $(r)) --on-run-text --threads 2 --out $(CALIBRATION_DIR)/policies.csv
 
 bench: venv
 	rm -rf $(REF_RUN) $(REF_RUN)-shard*

@@ -42,6 +42,7 @@ import pandas as pd
 
 from bench.calibrate import measure_texts
 from bench.methods.base import heads_folder
+from bench.methods.medusa_dynamic import confidence_source
 from bench.records import load_run, record_key
 from bench.summarize import REFERENCE
 from common.cli import Parser, add_threads, apply_threads, comma_list, run_cli
@@ -232,11 +233,18 @@ def of_turn(texts: Sequence[PromptText], turn: str) -> tuple[str, list[PromptTex
 def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, provenance: Provenance,
                  on_run_text: bool = False, top_r: int = 10, cmap: Any = None) -> pd.DataFrame:
     """Measured accepted length per method and turn of `run` beside the replay of the same policy on the
-    calibration (predicted) and, with `on_run_text`, on the run's own text (exact up to float noise)."""
+    calibration (predicted) and, with `on_run_text`, on the run's own text (exact up to float noise).
+    Dynamic heads use `cmap`, default the confidence map the run's engine read."""
     rows = []
     cache: dict[Any, list[PromptText]] = {}
     for item in run_policies(run):
-        tree, nodes_n, lk, nodes, lookup = replayed_policy(item, cmap)
+        o = item["options"]
+        if cmap is None and (item["method"] == "medusa-dynamic" or o.get("dynamic")):
+            # the map the run's engine read: its option, else its heads' calibration
+            item_map = load_confidence(confidence_source(str(item["heads"]), str(o.get("confidence", "") or "")))
+        else:
+            item_map = cmap
+        tree, nodes_n, lk, nodes, lookup = replayed_policy(item, item_map)
         own = run_texts(run, item, top_r, cache) if on_run_text else []
         g = item["records"]
         for turn, part in [("all", g), *((str(t), p) for t, p in g.groupby("turn"))]:
@@ -269,7 +277,8 @@ def parser() -> Parser:
     p.add_argument("--tree", action="append", default=[], help="a tree file used at its own budget (repeatable)")
     p.add_argument("--latency", default=str(DEFAULT_LATENCY),
                    help=f"latency profile for predicted tokens/s (default {display(DEFAULT_LATENCY)}; 'none': accepted length only)")
-    p.add_argument("--run", default=None, help="bench run folder whose medusa / medusa-lookup records to validate against")
+    p.add_argument("--run", action="append", default=[],
+                   help="bench run folder whose medusa / medusa-dynamic / medusa-lookup records to validate against (repeatable)")
     p.add_argument("--on-run-text", action="store_true",
                    help="with --run: also replay on the run's own text (loads the backbone and heads; one forward per text)")
     add_threads(p)
@@ -318,11 +327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {display(out)}")
     if args.run:
         apply_threads(args.threads)
-        cmap = cmap if cmap is not None else (load_confidence(folder) if (folder / "confidence.csv").is_file() else None)
-        val = validate_run(Path(args.run), texts, folder, provenance, args.on_run_text, int(meta.get("top_r", 10)), cmap)
+        val = pd.concat([validate_run(Path(run), texts, folder, provenance, args.on_run_text, int(meta.get("top_r", 10)))
+                         for run in args.run], ignore_index=True)
         path = write_csv(val, out.parent / "policy_validation.csv")
         print("\npredicted (replayed on the calibration) vs measured (the run's records):")
-        cols = ["method", "turn", "nodes", "lookup_nodes", "measured", "predicted", "error", "calibration_turn"]
+        cols = ["method", "turn", "tree", "nodes", "lookup_nodes", "measured", "predicted", "error", "calibration_turn"]
         print(val[cols + (["on_run_text", "on_run_text_error"] if args.on_run_text else [])].round(4).to_string(index=False))
         print(f"wrote {display(path)}")
     return 0

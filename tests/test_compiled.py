@@ -146,3 +146,28 @@ def test_padded_lookup_policy_compiles_once(bb):
     again = generate(bb, RandomProposer(4, 96, seed=1), policy, prompt[:4], comp)
     assert again.output_ids == greedy_reference(bb, prompt[:4], 24)
     assert _graphs() == before, "a per-step tree of the same node count recompiled the verify"
+
+
+def test_dynamic_policies_are_lossless_on_the_compiled_static_cache(bb):
+    """Both per-step policies with dynamic heads (medusa-dynamic; the hybrid over a dynamic tree) on the
+    compiled engine's static cache: the same text as plain greedy, a fixed node count per step."""
+    import numpy as np
+    import pandas as pd
+
+    from medusa.policy import DynamicPolicy
+    from medusa.testing import OracleProposer
+    from trees.confidence import fit_confidence
+    from trees.dynamic import DynamicConfig
+
+    rng = np.random.default_rng(0)
+    p = rng.random(2000)
+    cmap = fit_confidence(pd.DataFrame({"head": 1 + np.arange(2000) % 4, "prob": p, "hit": rng.random(2000) < p}))
+    prompt = [62, 2, 80, 12, 92, 8]
+    ref = greedy_reference(bb, prompt, 24)
+    comp = DecodeConfig(max_new_tokens=24, compile=True, compile_bucket=64)
+    dynamic = DynamicPolicy(cmap, DynamicConfig(budget=6), top_k=3)
+    hybrid = LookupPolicy(DynamicPolicy(cmap, DynamicConfig(budget=6), top_k=3), HybridConfig(budget=8, lookup_nodes=3, pad=True))
+    for policy, nodes in ((dynamic, 6), (hybrid, 8)):
+        out = generate(bb, OracleProposer(prompt + ref, 4, 96), policy, prompt, comp)
+        assert out.output_ids == ref and {s.nodes for s in out.steps} == {nodes}
+        assert out.mean_accepted_length > 1.5
