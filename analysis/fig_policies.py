@@ -5,7 +5,7 @@
 every lookup share) and, when present, ``policy_validation.csv`` beside it (a bench run's
 measured accepted length). (a) accepted length per step against node budget: static tree,
 dynamic tree, and the hybrids at their best lookup share (the number beside each point), with the
-run's measured points as crosses (labelled by turn); the number L beside a static-heads hybrid point is its lookup share; (b) predicted tokens/s on the latency profile
+runs' measured points (a marker per method; black: both turns, grey: each turn alone); the number L beside a static-heads hybrid point is its lookup share; (b) predicted tokens/s on the latency profile
 the table was made with (accepted length / verify time of that many nodes), the same policies.
 
 ``dynamic-trees``: `dynamic_trees` -> dynamic_trees_16. Three real per-step dynamic trees from the
@@ -72,12 +72,11 @@ def policy_budget(results: Path, out: Path, calibration: str | None = None, **_:
     if val_path.is_file():
         val = read_csv(val_path, "policy validation", required=["method", "turn", "nodes", "measured"])
         ax = axes[0, 0]
+        markers = dict(zip(sorted(val["method"].unique()), "xP*^v"))
         for (method, turn), g in val.groupby(["method", "turn"], sort=False):
             every = str(turn) == "all"
-            ax.scatter(g["nodes"], g["measured"], marker="x", s=36 if every else 16, color="k" if every else "0.55", zorder=5)
-            ax.annotate(f"{method}, measured" if every else f"turn {turn}", (g["nodes"].iloc[0], g["measured"].iloc[0]),
-                        fontsize=6, xytext=(6, 0), textcoords="offset points", ha="left", va="center",
-                        color="k" if every else "0.45")
+            ax.scatter(g["nodes"], g["measured"], marker=markers[method], s=40 if every else 14,
+                       color="k" if every else "0.6", zorder=5, label=f"{method}, measured" if every else None)
     axes[0, 0].set_title("(a) replayed on the calibration text")
     axes[0, 0].legend(frameon=False, fontsize=7)
     if has_speed:
