@@ -235,7 +235,7 @@ figures: venv
 # whose distillation adds ~4 h; see LOG.md for each step's time).
 reproduce: heads calibrate latency search validate bench sweeps policies figures
 
-# Cut the SmolLM2 GGUF into three parts with a manifest (one per device call: each fits the GPU tool's
+# Cut the SmolLM2 GGUF into four parts with a manifest (one per device call: each fits the GPU tool's
 # 64 MiB beside the tracked tree), the gguf wheel and the prompt pack, for bench/gpu_check.sh and
 # bench/gpu_heads.sh; see bench/gpu_model.sh.
 gpu-parts: venv

@@ -6,7 +6,7 @@
 # MODEL_DIR holds what the device calls carried (`make gpu-parts` makes them here, under .gpu_model/):
 # the GGUF SmolLM2-135M-Instruct.Q4_1.gguf, or its parts *.gguf.part0, *.gguf.part1, ... with the manifest
 # *.gguf.parts ("N SHA256": the part count and the whole file's hash). 98 MB do not fit one call's 64 MiB
-# beside the ~25 MB tracked tree, so `make gpu-parts` cuts thirds: carry one part per call, the manifest
+# beside the ~33 MiB tracked tree, so `make gpu-parts` cuts quarters: carry one part per call, the manifest
 # with the last, while the machine is still warm. And the `gguf` wheel, installed offline when the
 # package is missing. The parts are joined (and checked against the manifest's hash) and the GGUF
 # dequantised (fp32) into MODEL_DIR/hf once; later calls on the same machine reuse it.

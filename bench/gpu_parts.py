@@ -1,12 +1,12 @@
 """Cut the SmolLM2 GGUF into parts that each fit one device call, with a manifest to check the join.
 
-The device tool sends at most 64 MiB per call, the tracked tree included (~26 MB), so the 98 MB
+The device tool sends at most 64 MiB per call, the tracked tree included (~33 MiB), so the 98 MB
 GGUF travels in parts, one per call while the machine stays warm; `bench/gpu_model.sh` joins them
 there and checks the whole file's sha256 against the manifest ``<gguf>.parts`` ("N SHA256"), so a
 part left over from an older cut or a machine that went cold between calls fails with one line
 instead of dequantising a wrong file. Run through ``make gpu-parts``, or::
 
-    python -m bench.gpu_parts .gpu_model [--parts 3]
+    python -m bench.gpu_parts .gpu_model [--parts 4]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from common.io import atomic_write, ensure_writable
 from common.paths import REPO_ROOT
 from medusa.backbone import gguf_path
 
-DEFAULT_PARTS = 3
+DEFAULT_PARTS = 4  # 3 no longer fit beside the tracked tree (32.8 MiB) once the calibrations kept their text
 CALL_LIMIT = 64 * 2**20  # what one device call may carry, the working tree included
 
 
