@@ -86,7 +86,8 @@ POLICY_COLUMNS = ["policy", "budget", "lookup_nodes", "heads_tree", "tokens_per_
                   "lookup_share", "verify_s", "tokens_per_s", "max_ngram", "min_ngram", "calibration",
                   "heads_fingerprint", "latency", *PROVENANCE_COLUMNS]
 VALIDATION_COLUMNS = ["method", "turn", "tree", "nodes", "lookup_nodes", "proposal_vocab", "measured", "predicted",
-                      "error", "calibration_turn", "measured_steps", "replayed_steps", "on_run_text", "on_run_text_error", "run", "calibration",
+                      "error", "calibration_turn", "measured_steps", "replayed_steps", "on_run_text", "on_run_text_error",
+                      "held_out_questions", "held_out_questions_error", "run", "calibration",
                       *PROVENANCE_COLUMNS]
 DEFAULT_CALIBRATION = CALIBRATION_ROOT / DEFAULT_HEADS_NAME
 DEFAULT_LATENCY = LATENCY_DIR / "cpu-amd-epyc-1t-compiled.csv"
@@ -230,6 +231,27 @@ def of_turn(texts: Sequence[PromptText], turn: str) -> tuple[str, list[PromptTex
     return (turn, mine) if mine else ("all", list(texts))
 
 
+def cross_fit(own: Sequence[PromptText], records: pd.DataFrame, nodes: Any,
+              lookup: LookupConfig | None) -> tuple[float, float]:
+    """(predicted, error) of the worse of two folds by question: the questions alternate between two
+    folds (sorted order), and each fold's measured accepted length is predicted by the replay on the
+    other fold's texts (a calibration on held-out questions of the same benchmark)."""
+    questions = sorted({p.name.split(":t")[0] for p in own})
+    fold_of = {q: i % 2 for i, q in enumerate(questions)}
+    fold = records["question_id"].astype(str).map(fold_of)
+    worst = (float("nan"), 0.0)
+    for f in (0, 1):
+        other = [p for p in own if fold_of[p.name.split(":t")[0]] != f]
+        mine = records[fold == f]
+        if not other or mine.empty:
+            continue
+        measured = pd.to_numeric(mine["accepted_tokens"]).sum() / pd.to_numeric(mine["steps"]).sum()
+        predicted = replay(other, nodes, lookup)[0]
+        if abs(predicted / measured - 1) >= abs(worst[1]):
+            worst = (predicted, predicted / measured - 1)
+    return worst
+
+
 def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, provenance: Provenance,
                  on_run_text: bool = False, top_r: int = 10, cmap: Any = None) -> pd.DataFrame:
     """Measured accepted length per method and turn of `run` beside the replay of the same policy on the
@@ -253,12 +275,14 @@ def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, prov
             cal_turn, cal_texts = of_turn(texts, turn)
             predicted, replayed_steps = replay(cal_texts, nodes, lookup)
             exact = replay(of_turn(own, turn)[1], nodes, lookup)[0] if own else float("nan")
+            held_out, held_out_error = cross_fit(of_turn(own, turn)[1], part, nodes, lookup) if own else (float("nan"),) * 2
             rows.append({"method": item["method"], "turn": turn, "tree": tree, "nodes": nodes_n, "lookup_nodes": lk,
                          "proposal_vocab": int(item["options"].get("proposal_vocab", 0)),
                          "measured": measured, "predicted": predicted, "error": predicted / measured - 1,
                          "calibration_turn": cal_turn,
                          "measured_steps": int(steps), "replayed_steps": replayed_steps, "on_run_text": exact,
-                         "on_run_text_error": exact / measured - 1, "run": display(run),
+                         "on_run_text_error": exact / measured - 1, "held_out_questions": held_out,
+                         "held_out_questions_error": held_out_error, "run": display(run),
                          "calibration": display(calibration), **provenance.as_dict()})
     return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
 
@@ -332,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_csv(val, out.parent / "policy_validation.csv")
         print("\npredicted (replayed on the calibration) vs measured (the run's records):")
         cols = ["method", "turn", "tree", "nodes", "lookup_nodes", "measured", "predicted", "error", "calibration_turn"]
-        print(val[cols + (["on_run_text", "on_run_text_error"] if args.on_run_text else [])].round(4).to_string(index=False))
+        extra = ["on_run_text", "on_run_text_error", "held_out_questions", "held_out_questions_error"] if args.on_run_text else []
+        print(val[cols + extra].round(4).to_string(index=False))
         print(f"wrote {display(path)}")
     return 0
 

@@ -206,3 +206,20 @@ def test_turn_texts_predict_their_own_turn():
     assert of_turn(texts, "all") == ("all", texts)
     single = [dataclasses.replace(texts[0], name="a")]
     assert of_turn(single, "2")[0] == "all"  # a one-turn calibration predicts every turn
+
+
+def test_cross_fit_predicts_each_questions_fold_from_the_other():
+    from bench.policy_replay import cross_fit
+
+    rng = np.random.default_rng(5)
+    a, _ = synthetic_prompt(rng)
+    b, _ = synthetic_prompt(rng)
+    a, b = dataclasses.replace(a, name="1:t1"), dataclasses.replace(b, name="2:t1")
+    nodes = static_nodes(dense([3, 2]))
+    tau_a, tau_b = tokens_per_step([a], nodes)[0], tokens_per_step([b], nodes)[0]
+    assert tau_a != tau_b
+    # measured exactly what each text replays: question 1 is predicted by question 2's text and vice versa
+    records = pd.DataFrame({"question_id": [1, 2], "accepted_tokens": [100 * tau_a, 100 * tau_b], "steps": [100, 100]})
+    predicted, error = cross_fit([a, b], records, nodes, None)
+    assert error == pytest.approx(max(tau_b / tau_a - 1, tau_a / tau_b - 1, key=abs))
+    assert predicted in (pytest.approx(tau_a), pytest.approx(tau_b))
