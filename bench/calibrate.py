@@ -466,6 +466,13 @@ def check_args(args: Any) -> tuple[CalibrationConfig, Path, Path]:
     return config, heads_dir, out_dir
 
 
+def covering(table: pd.DataFrame, prompts: set[str]) -> pd.DataFrame | None:
+    """`table`'s rows of `prompts` when it has every one of them, else None. The checkpoint writes the
+    candidates and sequence tables before the ranks, so a cut-off run leaves extra prompts there only."""
+    table = table[table["prompt"].isin(prompts)]
+    return table.reset_index(drop=True) if set(table["prompt"]) == prompts else None
+
+
 def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: set[str],
               probs_path: Path | None = None) -> Measured | None:
     """The tables already measured with the same heads and settings (restricted to `names`), if any.
@@ -483,23 +490,13 @@ def resumable(ranks_path: Path, meta_path: Path, meta: dict[str, Any], names: se
     done = load_ranks(ranks_path)
     done = done[done["prompt"].astype(str).isin(names)]
     print(f"resuming: {done['prompt'].nunique()} prompts already in {display(ranks_path)}", file=sys.stderr)
-    probs = None
-    if probs_path is not None and probs_path.is_file():
-        table = load_candidates(probs_path)
-        # The checkpoint writes probabilities before ranks, so a cut-off run leaves extra prompts here only.
-        table = table[table["prompt"].isin(set(done["prompt"].astype(str)))]
-        if set(table["prompt"]) == set(done["prompt"].astype(str)):
-            probs = table.reset_index(drop=True)
+    prompts = set(done["prompt"].astype(str))
+    probs = covering(load_candidates(probs_path), prompts) if probs_path is not None and probs_path.is_file() else None
     if probs is None and not done.empty:
         print(f"note: the resumed ranks have no probabilities in {display(probs_path or ranks_path.parent)}, so "
               f"{CONFIDENCE_FILE} will not be written (--fresh measures both)", file=sys.stderr)
-    tokens = None
     tokens_path = ranks_path.parent / f"{SEQUENCE_STEM}{ranks_path.suffix}"
-    if tokens_path.is_file():
-        table = load_sequences(tokens_path)
-        table = table[table["prompt"].isin(set(done["prompt"].astype(str)))]
-        if set(table["prompt"]) == set(done["prompt"].astype(str)):
-            tokens = table.reset_index(drop=True)
+    tokens = covering(load_sequences(tokens_path), prompts) if tokens_path.is_file() else None
     if tokens is None and not done.empty:
         print(f"note: the resumed ranks have no sequence table {display(tokens_path)}, so lookup chains cannot be "
               f"replayed from this calibration (--fresh measures it)", file=sys.stderr)

@@ -71,13 +71,19 @@ def test_accepted_length_follows_the_deepest_matching_path():
     assert accepted_length(nodes, []) == 1
 
 
-def test_hybrid_replay_equals_the_engine_step_for_step():
-    bb = tiny_backbone(2)
+def random_heads(bb) -> MedusaHeads:
+    """Three Medusa heads with large random weights (confident, varied proposals), seeded."""
     torch.manual_seed(0)
     heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3))
     for block in heads.blocks:
         for p in block.parameters():
             torch.nn.init.normal_(p, std=0.5)
+    return heads
+
+
+def test_hybrid_replay_equals_the_engine_step_for_step():
+    bb = tiny_backbone(2)
+    heads = random_heads(bb)
     prompts = [("loop", [62, 2, 80, 12, 92, 8]), ("other", [5, 17, 3, 42, 8, 11])]
     measured = collect_tables(bb, heads, prompts, max_new_tokens=40, top_r=4)
     texts = prompt_texts(measured.probs, measured.tokens)
@@ -135,11 +141,7 @@ def tiny_calibration(folder):
     from bench.calibrate import write_measured, write_tables
 
     bb = tiny_backbone(2)
-    torch.manual_seed(0)
-    heads = MedusaHeads.for_backbone(bb, HeadsConfig(num_heads=3))
-    for block in heads.blocks:
-        for p in block.parameters():
-            torch.nn.init.normal_(p, std=0.5)
+    heads = random_heads(bb)
     prompts = [("loop", [62, 2, 80, 12, 92, 8]), ("other", [5, 17, 3, 42, 8, 11]), ("third", [9, 9, 4, 1])]
     measured = collect_tables(bb, heads, prompts, max_new_tokens=40, top_r=4)
     folder.mkdir(parents=True)
