@@ -26,7 +26,7 @@ from matplotlib import cm, colors
 from analysis import load, load_calibration
 from analysis.style import caption, new_figure, save
 from common.errors import MissingResult
-from common.io import read_csv
+from common.io import one_of, read_csv
 from trees.confidence import CANDIDATES_FILES, load_candidates, load_confidence
 from trees.dynamic import DynamicConfig, dynamic_tree
 from trees.plot import layout
@@ -94,8 +94,8 @@ def dynamic_trees(results: Path, out: Path, calibration: str | None = None, budg
     percentile over all positions): the tree the engine's `medusa-dynamic` builds at that step,
     nodes labelled head/rank0 and coloured by estimated path acceptance, the true path in red."""
     cal = load_calibration.calibration_dir(results, calibration)
-    cand_path = next((cal / f for f in CANDIDATES_FILES if (cal / f).is_file()), None)
-    if cand_path is None:
+    cand_path = one_of(cal, CANDIDATES_FILES)
+    if not cand_path.is_file():
         raise MissingResult(f"no candidates table in {load.display(cal)} (run `python -m bench.calibrate --fresh` first)")
     cmap = load_confidence(cal)
     cand = load_candidates(cand_path)

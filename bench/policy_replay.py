@@ -47,7 +47,7 @@ from bench.records import load_run, record_key
 from bench.summarize import REFERENCE
 from common.cli import Parser, add_threads, apply_threads, comma_list, run_cli
 from common.errors import WorkbenchError
-from common.io import display, read_json, write_csv
+from common.io import display, one_of, read_json, write_csv
 from common.paths import (
     CALIBRATION_ROOT,
     DEFAULT_HEADS_NAME,
@@ -65,6 +65,7 @@ from trees.confidence import CANDIDATES_FILES, load_candidates, load_confidence
 from trees.cost import load_profile
 from trees.dynamic import DynamicConfig
 from trees.hybrid import HybridConfig
+from trees.inputs import RANKS_FILES
 from trees.optuna_search import monotone_verify_times
 from trees.policy_replay import (
     SEQUENCE_FILES,
@@ -95,9 +96,7 @@ DEFAULT_LATENCY = LATENCY_DIR / "cpu-amd-epyc-1t-compiled.csv"
 
 def load_texts(folder: Path) -> list[PromptText]:
     """The calibration's prompts with text and candidate ids (one error line when the tables are missing)."""
-    cand = next((folder / f for f in CANDIDATES_FILES if (folder / f).is_file()), folder / CANDIDATES_FILES[0])
-    seq = next((folder / f for f in SEQUENCE_FILES if (folder / f).is_file()), folder / SEQUENCE_FILES[0])
-    return prompt_texts(load_candidates(cand), load_sequences(seq))
+    return prompt_texts(load_candidates(one_of(folder, CANDIDATES_FILES)), load_sequences(one_of(folder, SEQUENCE_FILES)))
 
 
 def heads_trees(folder: Path, budgets: Sequence[int], given: Sequence[Tree]) -> dict[int, Tree]:
@@ -110,7 +109,7 @@ def heads_trees(folder: Path, budgets: Sequence[int], given: Sequence[Tree]) -> 
             out[b] = own[b]
             continue
         if ranks is None:
-            ranks = load_ranks(next(p for p in (folder / "ranks.parquet", folder / "ranks.csv") if p.is_file()))
+            ranks = load_ranks(one_of(folder, RANKS_FILES))
         out[b] = search("empirical", b, ranks=ranks).tree
     return out
 

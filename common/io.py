@@ -137,6 +137,13 @@ def write_json(data: Any, path: str | os.PathLike, indent: int | None = 2) -> Pa
     return atomic_write(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
+def one_of(folder: str | os.PathLike, names: Sequence[str]) -> Path:
+    """The first of `names` (one table's alternative formats, e.g. parquet then CSV) present in `folder`,
+    else the first name, whose reader then says in one line what is missing and what makes it."""
+    folder = Path(folder)
+    return next((folder / n for n in names if (folder / n).is_file()), folder / names[0])
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__

@@ -145,3 +145,13 @@ def test_provenance_schema_and_old_columns():
     assert p["dtype"] == "float32" and p["threads"] == 1 and p["commit"]
     old = pd.DataFrame({"device": ["cpu x"], "torch": ["2"], "transformers": ["5"], "median_s": [0.1]})
     assert list(upgrade_columns(old).columns) == ["device_name", "torch_version", "transformers_version", "median_s"]
+
+
+def test_one_of_takes_the_first_format_present_else_names_the_first(tmp_path):
+    from common.io import one_of
+
+    assert one_of(tmp_path, ("t.parquet", "t.csv")) == tmp_path / "t.parquet"  # none: the reader reports it
+    (tmp_path / "t.csv").write_text("a\n1\n")
+    assert one_of(tmp_path, ("t.parquet", "t.csv")) == tmp_path / "t.csv"
+    (tmp_path / "t.parquet").write_bytes(b"")
+    assert one_of(tmp_path, ("t.parquet", "t.csv")) == tmp_path / "t.parquet"

@@ -21,13 +21,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from common.cli import Parser, comma_list, run_cli
 from common.errors import WorkbenchError
+from common.io import one_of
 from trees.acceptance_model import ReplayModel, replay_walk
 from trees.confidence import CANDIDATES_FILES, ConfidenceMap, fit_confidence, load_candidates
 from trees.dynamic import DynamicConfig, dynamic_tree
@@ -95,9 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budgets", default="5,16,64", help="node budgets, comma-separated")
     args = p.parse_args(argv)
     budgets = comma_list(args.budgets, int, "--budgets")
-    folder = Path(args.calibration)
-    path = next((folder / f for f in CANDIDATES_FILES if (folder / f).is_file()), folder / CANDIDATES_FILES[0])
-    print(static_vs_dynamic(load_candidates(path), budgets).to_string(index=False))
+    print(static_vs_dynamic(load_candidates(one_of(args.calibration, CANDIDATES_FILES)), budgets).to_string(index=False))
     return 0
 
 

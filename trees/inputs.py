@@ -27,7 +27,7 @@ import pandas as pd
 
 import common.paths as repo
 from common.errors import MissingResult
-from common.io import display
+from common.io import display, one_of
 from trees.acceptance_model import (
     CALIBRATE_COMMAND,
     Marginals,
@@ -92,11 +92,9 @@ def _beside(cal_dir: Path, stats: PathStats | None, replay: ReplayModel | None) 
     """Fill in the path statistics and replay model from the files of a calibration folder."""
     if stats is None and (cal_dir / "paths.csv").is_file():
         stats = load_path_stats(cal_dir / "paths.csv")
-    if replay is None:
-        for name in RANKS_FILES:
-            if (cal_dir / name).is_file():
-                replay = replay_model_from_ranks(load_ranks(cal_dir / name), source=display(cal_dir / name))
-                break
+    ranks = one_of(cal_dir, RANKS_FILES)
+    if replay is None and ranks.is_file():
+        replay = replay_model_from_ranks(load_ranks(ranks), source=display(ranks))
     return stats, replay
 
 
