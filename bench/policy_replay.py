@@ -41,8 +41,9 @@ from typing import Any
 import pandas as pd
 
 from bench.calibrate import measure_texts
+from bench.methods import resolve_options
 from bench.methods.base import heads_folder
-from bench.methods.medusa_dynamic import confidence_source
+from bench.methods.medusa_dynamic import DynamicOptions, confidence_source
 from bench.records import load_run, record_key
 from bench.summarize import REFERENCE
 from common.cli import Parser, add_threads, apply_threads, comma_list, run_cli
@@ -160,38 +161,43 @@ def run_policies(run: Path) -> list[dict[str, Any]]:
 
 
 def replayed_policy(item: dict[str, Any], cmap: Any = None) -> tuple[str, int, int, Any, LookupConfig | None]:
-    """(heads' tree name, nodes per step, lookup share, step nodes, lookup config) of a run's method;
-    dynamic heads (medusa-dynamic, medusa-lookup with dynamic=true) need the confidence map `cmap`."""
-    o = item["options"]
-    dynamic = item["method"] == "medusa-dynamic" or bool(o.get("dynamic"))
-    if dynamic and cmap is None:
-        raise WorkbenchError(f"{item['method']} with a dynamic tree needs the calibration's confidence.csv")
-    budget, top_k = int(o.get("budget", 16)), int(o.get("top_k", 10))
-    if dynamic:
-        tree, name = None, f"dynamic_{budget}"
-    else:
-        name = str(item["tree"])
-        if item["method"] == "medusa-lookup":
-            name = name.split("+", 1)[-1]  # the policy's name is lookup<L>+<tree>
-        run_tree = item.get("run_tree")
-        if isinstance(run_tree, dict) and run_tree.get("name") == name:
-            tree = Tree.from_dict(run_tree)  # the run's own copy of its tree
-        else:
-            tree_file = TREES_DIR / f"{name}.json"
-            if not tree_file.is_file():
-                raise WorkbenchError(f"the run used tree {name!r}, not found at {display(tree_file)}")
-            tree = Tree.load(tree_file)
-    heads_nodes = tree.node_budget if tree is not None else budget
-    if item["method"] != "medusa-lookup":
-        nodes = static_nodes(tree) if tree is not None else dynamic_nodes(cmap, DynamicConfig(budget, top_k=top_k))
-        return name, heads_nodes, 0, nodes, None
-    lk = int(o.get("lookup_nodes", LookupConfig().max_chain))
-    nodes_n = int(o.get("nodes", 0)) or heads_nodes + lk
-    lookup = LookupConfig(max_ngram=int(o.get("max_ngram", 3)), min_ngram=int(o.get("min_ngram", 1)), max_chain=max(lk, 1))
+    """(heads' tree name, nodes per step, lookup share, step nodes, lookup config) of a run's method,
+    from its recorded options read as the method reads them; dynamic heads (medusa-dynamic,
+    medusa-lookup with dynamic=true) need the confidence map `cmap`."""
+    method = item["method"]
+    o = resolve_options(method, item["options"])
+    dyn = o if isinstance(o, DynamicOptions) else o.dynamic_options() if getattr(o, "dynamic", False) else None
+    if dyn is not None and cmap is None:
+        raise WorkbenchError(f"{method} with a dynamic tree needs the calibration's confidence.csv")
+    tree = None if dyn is not None else run_tree(item)
+    name = tree.name if tree is not None else f"dynamic_{dyn.budget}"
+    heads_nodes = tree.node_budget if tree is not None else dyn.budget
+
+    def nodes_with(hybrid: HybridConfig | None) -> Any:
+        if tree is not None:
+            return static_nodes(tree, hybrid)
+        return dynamic_nodes(cmap, DynamicConfig(dyn.budget, top_k=dyn.top_k), hybrid)
+
+    if method != "medusa-lookup":
+        return name, heads_nodes, 0, nodes_with(None), None
+    nodes_n = o.nodes_per_step(heads_nodes)
     # a compiled run pads every step to `nodes` (one shape); an eager one verifies what the chain and paths give
-    hybrid = HybridConfig(budget=nodes_n, lookup_nodes=lk, pad=bool(item.get("compile", False)))
-    nodes = static_nodes(tree, hybrid) if tree is not None else dynamic_nodes(cmap, DynamicConfig(budget, top_k=top_k), hybrid)
-    return name, nodes_n, lk, nodes, lookup
+    hybrid = HybridConfig(budget=nodes_n, lookup_nodes=o.lookup_nodes, pad=bool(item.get("compile", False)))
+    return name, nodes_n, o.lookup_nodes, nodes_with(hybrid), o.lookup_config()
+
+
+def run_tree(item: dict[str, Any]) -> Tree:
+    """The static tree a run's method used: the run's own copy, else the tree file of that name."""
+    name = str(item["tree"])
+    if item["method"] == "medusa-lookup":
+        name = name.split("+", 1)[-1]  # the policy's name is lookup<L>+<tree>
+    own = item.get("run_tree")
+    if isinstance(own, dict) and own.get("name") == name:
+        return Tree.from_dict(own)
+    tree_file = TREES_DIR / f"{name}.json"
+    if not tree_file.is_file():
+        raise WorkbenchError(f"the run used tree {name!r}, not found at {display(tree_file)}")
+    return Tree.load(tree_file)
 
 
 def replay(texts: Sequence[PromptText], nodes: Any, lookup: LookupConfig | None) -> tuple[float, int]:

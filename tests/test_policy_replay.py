@@ -184,7 +184,8 @@ def test_a_runs_lookup_policy_is_replayed_with_its_tree_and_options():
             "compile": True}
     tree, nodes, lk, _, lookup = replayed_policy(item)
     assert tree == "optuna_cpu_1t_compiled" and (nodes, lk) == (4, 3) and lookup.max_chain == 3
-    tree, nodes, lk, _, lookup = replayed_policy({**item, "method": "medusa", "tree": "optuna_cpu_1t_compiled"})
+    tree, nodes, lk, _, lookup = replayed_policy({**item, "method": "medusa", "tree": "optuna_cpu_1t_compiled",
+                                                     "options": {"proposal_vocab": 16384}})
     assert (nodes, lk, lookup) == (4, 0, None)
     with pytest.raises(WorkbenchError, match="not found"):
         replayed_policy({**item, "tree": "lookup3+no_such_tree"})

@@ -52,7 +52,19 @@ class LookupOptions(MedusaOptions):
             raise WorkbenchError(f"medusa-lookup option lookup_nodes must be >= 0, got {self.lookup_nodes}")
         if self.nodes < 0:
             raise WorkbenchError(f"medusa-lookup option nodes must be >= 0 (0: heads' tree + lookup_nodes), got {self.nodes}")
-        LookupConfig(max_ngram=self.max_ngram, min_ngram=self.min_ngram, max_chain=max(self.lookup_nodes, 1))
+        self.lookup_config()
+
+    def lookup_config(self) -> LookupConfig:
+        """The proposer's settings: chains as long as the share they may take (at least 1)."""
+        return LookupConfig(max_ngram=self.max_ngram, min_ngram=self.min_ngram, max_chain=max(self.lookup_nodes, 1))
+
+    def nodes_per_step(self, heads_nodes: int) -> int:
+        """Nodes verified per step beside a heads' part of `heads_nodes`: `nodes`, else heads + chain."""
+        return self.nodes or heads_nodes + self.lookup_nodes
+
+    def dynamic_options(self) -> DynamicOptions:
+        """The dynamic heads' part's options (`dynamic=true`)."""
+        return DynamicOptions(budget=self.budget)
 
 
 class MedusaLookup(EngineMethod):
@@ -66,12 +78,11 @@ class MedusaLookup(EngineMethod):
         o = options if options is not None else LookupOptions()
         device = context.backbone.device
         if o.dynamic:
-            heads_part = dynamic_policy(context, DynamicOptions(budget=o.budget))
+            heads_part = dynamic_policy(context, o.dynamic_options())
         else:
             heads_part = StaticPolicy(tree_of(context, self.name), device)
-        lookup = LookupConfig(max_ngram=o.max_ngram, min_ngram=o.min_ngram, max_chain=max(o.lookup_nodes, 1))
         # compiled: every step padded to the full budget, so the verify compiles once
-        budget = o.nodes or heads_part.node_budget + o.lookup_nodes
-        policy = LookupPolicy(heads_part, HybridConfig(budget=budget, lookup_nodes=o.lookup_nodes,
-                                                       pad=self.compiles(context)), lookup, device)
+        policy = LookupPolicy(heads_part, HybridConfig(budget=o.nodes_per_step(heads_part.node_budget),
+                                                       lookup_nodes=o.lookup_nodes, pad=self.compiles(context)),
+                              o.lookup_config(), device)
         super().__init__(context, o, policy, AcceptanceConfig(rule="greedy"))
