@@ -144,9 +144,9 @@ def policy_rows(texts: Sequence[PromptText], chains: Sequence[Sequence[Sequence[
 REPLAYED_METHODS = ("medusa", "medusa-dynamic", "medusa-lookup")
 
 
-def run_policies(run: Path) -> list[dict[str, Any]]:
-    """The engine policies of a run's `REPLAYED_METHODS` records: method, tree, options and records."""
-    records, _, info = load_run(run)
+def run_policies(run: Path, records: pd.DataFrame, info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The engine policies of a run's `REPLAYED_METHODS` records (`load_run`'s records and run.json):
+    method, tree, options and records."""
     identity = info.get("identity") or {}
     found = []
     for (method, tree, options), g in records[records["method"].isin(REPLAYED_METHODS)].groupby(
@@ -206,12 +206,12 @@ def replay(texts: Sequence[PromptText], nodes: Any, lookup: LookupConfig | None)
     return tau, steps
 
 
-def run_texts(run: Path, item: dict[str, Any], top_r: int, cache: dict[Any, list[PromptText]]) -> list[PromptText]:
+def run_texts(run: Path, records: pd.DataFrame, tokens: dict[Any, dict[str, Any]], item: dict[str, Any], top_r: int,
+              cache: dict[Any, list[PromptText]]) -> list[PromptText]:
     """The run's reference texts (hf-greedy, repeat 0) measured with the method's heads (one forward each)."""
     vocab = int(item["options"].get("proposal_vocab", 0))
     key = (item["heads"], vocab)
     if key not in cache:
-        records, tokens, _ = load_run(run)
         ref = records[(records["method"] == REFERENCE) & (records["repeat"].astype(int) == 0)]
         if ref.empty:
             raise WorkbenchError(f"run {display(run)} has no {REFERENCE} records to take the text from")
@@ -264,7 +264,8 @@ def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, prov
     Dynamic heads use `cmap`, default the confidence map the run's engine read."""
     rows = []
     cache: dict[Any, list[PromptText]] = {}
-    for item in run_policies(run):
+    records, tokens, info = load_run(run)
+    for item in run_policies(run, records, info):
         o = item["options"]
         if cmap is None and (item["method"] == "medusa-dynamic" or o.get("dynamic")):
             # the map the run's engine read: its option, else its heads' calibration
@@ -272,7 +273,7 @@ def validate_run(run: Path, texts: Sequence[PromptText], calibration: Path, prov
         else:
             item_map = cmap
         tree, nodes_n, lk, nodes, lookup = replayed_policy(item, item_map)
-        own = run_texts(run, item, top_r, cache) if on_run_text else []
+        own = run_texts(run, records, tokens, item, top_r, cache) if on_run_text else []
         g = item["records"]
         for turn, part in [("all", g), *((str(t), p) for t, p in g.groupby("turn"))]:
             steps = pd.to_numeric(part["steps"]).sum()
