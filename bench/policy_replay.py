@@ -120,23 +120,26 @@ def policy_rows(texts: Sequence[PromptText], chains: Sequence[Sequence[Sequence[
     """Every policy at every budget (hybrids at every lookup share) as `trees.policy_replay.SPLIT_COLUMNS` rows."""
     parts = []
     positions = sum(p.positions for p in texts)
+
+    def dynamic_heads(_tree: Tree, hybrid: HybridConfig) -> Any:
+        return dynamic_nodes(cmap, DynamicConfig(budget=hybrid.budget), hybrid)
+
     for budget, tree in sorted(trees.items()):
         t = float(verify(budget)) if verify is not None else float("nan")
         for policy in policies:
             if policy == "hybrid":
                 parts.append(split_table(texts, chains, {budget: tree}, lookup_nodes, verify).assign(policy=policy))
-                continue
-            shares = [0] if policy in ("static", "dynamic") else sorted({min(n, budget - 1) for n in lookup_nodes})
-            for lk in shares:
-                hyb = HybridConfig(budget=budget, lookup_nodes=lk, pad=True) if policy == "hybrid-dynamic" else None
-                nodes = (static_nodes(tree) if policy == "static"
-                         else dynamic_nodes(cmap, DynamicConfig(budget=budget), hyb))
-                tau, steps, share = tokens_per_step(texts, nodes, chains if hyb is not None else None)
+            elif policy == "hybrid-dynamic":
+                parts.append(split_table(texts, chains, {budget: tree}, lookup_nodes, verify, heads=dynamic_heads)
+                             .assign(policy=policy, heads_tree=f"dynamic_{budget}"))
+            else:
+                nodes = static_nodes(tree) if policy == "static" else dynamic_nodes(cmap, DynamicConfig(budget=budget))
+                tau, steps, _ = tokens_per_step(texts, nodes)
                 parts.append(pd.DataFrame([{
-                    "policy": policy, "budget": budget, "lookup_nodes": lk,
+                    "policy": policy, "budget": budget, "lookup_nodes": 0,
                     "heads_tree": tree.name if policy == "static" else f"dynamic_{budget}",
                     "tokens_per_step": tau, "steps": steps, "positions": positions,
-                    "lookup_share": share if lk else 0.0, "verify_s": t, "tokens_per_s": tau / t}]))
+                    "lookup_share": 0.0, "verify_s": t, "tokens_per_s": tau / t}]))
     return pd.concat(parts, ignore_index=True)
 
 

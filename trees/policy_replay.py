@@ -181,16 +181,18 @@ def split_table(
     lookup_nodes: Sequence[int],
     verify_s: Callable[[int], float] | None = None,
     pad: bool = True,
+    heads: Callable[[Tree, HybridConfig], StepNodes] = static_nodes,
 ) -> pd.DataFrame:
     """Replayed tokens per step of the hybrid at every (budget, lookup share); `trees[budget]` is the
-    heads' static tree for that budget (its paths fill what the chain leaves). With `verify_s`
-    (seconds per verify of N nodes, a device's latency profile) each row predicts tokens/s."""
+    heads' static tree for that budget (its paths fill what the chain leaves; `heads` may build
+    another heads' part, e.g. a dynamic tree of the budget). With `verify_s` (seconds per verify of
+    N nodes, a device's latency profile) each row predicts tokens/s."""
     positions = sum(p.positions for p in prompts)
     rows = []
     for budget, tree in sorted(trees.items()):
         for lk in sorted({min(int(n), budget - 1) for n in lookup_nodes}):
             config = HybridConfig(budget=budget, lookup_nodes=lk, pad=pad)
-            tau, steps, share = tokens_per_step(prompts, static_nodes(tree, config), chains)
+            tau, steps, share = tokens_per_step(prompts, heads(tree, config), chains)
             t = float(verify_s(budget)) if verify_s is not None else float("nan")
             rows.append({"budget": budget, "lookup_nodes": lk, "heads_tree": tree.name, "tokens_per_step": tau,
                          "steps": steps, "positions": positions, "lookup_share": share if lk else 0.0,
