@@ -256,6 +256,16 @@ def prompt_tables(
     return Measured(ranks, table, sequence)
 
 
+def named_tables(backbone: Backbone, heads: Any, name: str, prompt_ids: Sequence[int], output_ids: Sequence[int],
+                 top_r: int) -> Measured:
+    """`prompt_tables` with every table's prompt column set to `name`."""
+    part = prompt_tables(backbone, heads, prompt_ids, output_ids, top_r)
+    for table in (part.ranks, part.probs, part.tokens):
+        if table is not None:
+            table["prompt"] = str(name)
+    return part
+
+
 def collect_ranks(
     backbone: Backbone,
     heads: Any,
@@ -321,15 +331,12 @@ def collect_tables(
             outs = [greedy_continuation(backbone, chunk[0][1], max_new_tokens, heads, decode_tree)]
         else:
             outs = batched_greedy(backbone, [ids for _, ids in chunk], max_new_tokens)
-        for j, ((name, ids), out) in enumerate(zip(chunk, outs)):
-            part = prompt_tables(backbone, heads, ids, out, top_r)
-            part.ranks["prompt"] = name
+        for j, ((name, ids), out) in enumerate(zip(chunk, outs, strict=True)):
+            part = named_tables(backbone, heads, name, ids, out, top_r)
             parts.append(part.ranks)
             if with_probs and part.probs is not None:
-                part.probs["prompt"] = name
                 prob_parts.append(part.probs)
             if with_tokens and part.tokens is not None:
-                part.tokens["prompt"] = name
                 token_parts.append(part.tokens)
             if progress:
                 print(f"  prompt {start + j + 1}/{len(todo)}: {len(out)} tokens, "
@@ -346,13 +353,10 @@ def measure_texts(backbone: Backbone, heads: Any, texts: Sequence[tuple[str, Seq
                   top_r: int) -> Measured:
     """The tables of texts already decoded, (name, prompt ids, output ids) each: no decoding, one
     teacher-forced forward per text (a bench run's outputs, `bench.policy_replay --on-run-text`)."""
-    parts, prob_parts, token_parts = [], [], []
-    for name, prompt_ids, output_ids in texts:
-        part = prompt_tables(backbone, heads, prompt_ids, output_ids, top_r)
-        for table, into in ((part.ranks, parts), (part.probs, prob_parts), (part.tokens, token_parts)):
-            if table is not None:
-                table["prompt"] = str(name)
-                into.append(table)
+    measured = [named_tables(backbone, heads, name, prompt_ids, output_ids, top_r) for name, prompt_ids, output_ids in texts]
+    parts = [m.ranks for m in measured]
+    prob_parts = [m.probs for m in measured if m.probs is not None]
+    token_parts = [m.tokens for m in measured if m.tokens is not None]
     if not parts:
         raise WorkbenchError("no texts to measure")
     return _measured(parts, prob_parts if isinstance(heads, torch.nn.Module) else None, token_parts)

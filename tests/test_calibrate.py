@@ -305,3 +305,17 @@ def test_turns_other_than_one_or_two_are_one_line(capsys):
     assert run_cli(main, ["--turns", "3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--turns must be 1 or 2" in err[0]
+
+
+def test_measure_texts_gives_the_tables_of_decoded_texts_without_decoding(tiny):
+    from bench.calibrate import measure_texts
+
+    heads = trained_looking_heads(tiny)
+    full = collect_tables(tiny, heads, PROMPTS, max_new_tokens=12, top_r=4)
+    texts = [(name, ids, greedy_continuation(tiny, ids, 12)) for name, ids in PROMPTS]
+    again = measure_texts(tiny, heads, texts, 4)
+    pd.testing.assert_frame_equal(again.ranks, full.ranks)
+    pd.testing.assert_frame_equal(again.probs, full.probs)
+    pd.testing.assert_frame_equal(again.tokens, full.tokens)
+    with pytest.raises(WorkbenchError, match="no texts"):
+        measure_texts(tiny, heads, [], 4)
